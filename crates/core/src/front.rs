@@ -1,0 +1,875 @@
+//! The front end: [`Cachier`] and the per-function handle [`Function`].
+//!
+//! One call follows DESIGN section 5:
+//!
+//! 1. Caching off or `skip_cache` → compute, return.
+//! 2. `get`. A fresh value (and `allow_none`, or not `None`) → return it.
+//! 3. A stale value and `next_time` → claim; if acquired, refresh in a background task; return
+//!    the stale value either way.
+//! 4. Otherwise claim. Acquired → compute (renewing the lease meanwhile), `set` unless too large,
+//!    release on every path (error, panic, cancellation), return.
+//! 5. Held by someone else → `wait` for their value, up to `wait_for_calc_timeout`; a fresh value
+//!    → return it; the claim gone without a value (the holder failed, or its lease expired) →
+//!    claim again; the timeout → compute on our own.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{self, DefaultCodec};
+use crate::contract::{Claim, ClaimToken, Core, Entry, Timestamp};
+use crate::error::{Error, Result};
+use crate::key::{FuncId, Key, Namespace};
+use crate::none::is_none;
+use crate::settings::{CallOptions, Settings, caching_enabled};
+use crate::stats::{Counters, Stats};
+
+/// A cache: a backend ([`Core`]), a [`Namespace`] and default [`Settings`].
+///
+/// Cheap to clone; clones share the backend, the settings, the on/off switch and the metrics.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use cachier_core::{Cachier, Core, func_id};
+/// # async fn demo(core: Arc<dyn Core>) -> cachier_core::Result<()> {
+/// let cache = Cachier::builder(core)
+///     .namespace("my-app")?
+///     .stale_after(std::time::Duration::from_secs(3600))
+///     .build();
+/// let square = cache.function(func_id!("square"));
+/// let x = 12u64;
+/// let y: u64 = square.call(&x, move || async move { x * x }).await?;
+/// assert_eq!(y, 144);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cachier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Arc<dyn Core>,
+    namespace: Namespace,
+    settings: Settings,
+    enabled: std::sync::atomic::AtomicBool,
+    functions: Mutex<HashMap<FuncId, Arc<Counters>>>,
+}
+
+/// Builds a [`Cachier`]; see [`Settings`] for what each setting means and its default.
+pub struct CachierBuilder {
+    core: Arc<dyn Core>,
+    namespace: Namespace,
+    settings: Settings,
+}
+
+impl CachierBuilder {
+    /// The namespace everything of this cache is stored under (default `cachier`).
+    pub fn namespace(mut self, namespace: impl AsRef<str>) -> Result<Self> {
+        self.namespace = Namespace::new(namespace)?;
+        Ok(self)
+    }
+
+    /// Like [`CachierBuilder::namespace`], with an already validated namespace.
+    pub fn with_namespace(mut self, namespace: Namespace) -> Self {
+        self.namespace = namespace;
+        self
+    }
+
+    /// Replaces all settings at once.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// See [`Settings::stale_after`].
+    pub fn stale_after(mut self, d: Duration) -> Self {
+        self.settings.stale_after = Some(d);
+        self
+    }
+
+    /// See [`Settings::next_time`].
+    pub fn next_time(mut self, yes: bool) -> Self {
+        self.settings.next_time = yes;
+        self
+    }
+
+    /// See [`Settings::wait_for_calc_timeout`].
+    pub fn wait_for_calc_timeout(mut self, d: Duration) -> Self {
+        self.settings.wait_for_calc_timeout = Some(d);
+        self
+    }
+
+    /// See [`Settings::lease`].
+    pub fn lease(mut self, d: Duration) -> Self {
+        self.settings.lease = d;
+        self
+    }
+
+    /// See [`Settings::allow_none`].
+    pub fn allow_none(mut self, yes: bool) -> Self {
+        self.settings.allow_none = yes;
+        self
+    }
+
+    /// See [`Settings::entry_size_limit`].
+    pub fn entry_size_limit(mut self, bytes: usize) -> Self {
+        self.settings.entry_size_limit = Some(bytes);
+        self
+    }
+
+    /// See [`Settings::cleanup_stale`] and [`Settings::cleanup_interval`].
+    pub fn cleanup_stale(mut self, yes: bool, interval: Duration) -> Self {
+        self.settings.cleanup_stale = yes;
+        self.settings.cleanup_interval = interval;
+        self
+    }
+
+    /// See [`Settings::strict`].
+    pub fn strict(mut self, yes: bool) -> Self {
+        self.settings.strict = yes;
+        self
+    }
+
+    /// See [`Settings::decode_limit`].
+    pub fn decode_limit(mut self, bytes: usize) -> Self {
+        self.settings.decode_limit = bytes;
+        self
+    }
+
+    /// Finishes the cache.
+    pub fn build(self) -> Cachier {
+        Cachier {
+            inner: Arc::new(Inner {
+                core: self.core,
+                namespace: self.namespace,
+                settings: self.settings,
+                enabled: std::sync::atomic::AtomicBool::new(true),
+                functions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl Cachier {
+    /// Starts building a cache over `core`.
+    pub fn builder(core: Arc<dyn Core>) -> CachierBuilder {
+        CachierBuilder {
+            core,
+            namespace: Namespace::default(),
+            settings: Settings::default(),
+        }
+    }
+
+    /// A cache over `core` with the default namespace and settings.
+    pub fn new(core: Arc<dyn Core>) -> Cachier {
+        Cachier::builder(core).build()
+    }
+
+    /// The handle of one cached function. Handles of the same id share metrics.
+    pub fn function(&self, id: FuncId) -> Function {
+        let counters = {
+            let mut map = self
+                .inner
+                .functions
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            map.entry(id.clone()).or_default().clone()
+        };
+        Function {
+            cache: self.clone(),
+            settings: Arc::new(self.inner.settings.clone()),
+            id,
+            counters,
+        }
+    }
+
+    /// The backend.
+    pub fn core(&self) -> &Arc<dyn Core> {
+        &self.inner.core
+    }
+
+    /// The namespace.
+    pub fn namespace(&self) -> &Namespace {
+        &self.inner.namespace
+    }
+
+    /// The default settings of this cache's functions.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Turns caching on or off for this cache (and its clones) at run time. See also the
+    /// process-wide [`set_caching_enabled`](crate::set_caching_enabled).
+    pub fn set_enabled(&self, enabled: bool) {
+        self.inner.enabled.store(enabled, Ordering::SeqCst);
+    }
+
+    /// Whether this cache is on, and caching is on process-wide.
+    pub fn is_enabled(&self) -> bool {
+        caching_enabled() && self.inner.enabled.load(Ordering::Relaxed)
+    }
+}
+
+/// One cached function: its id, its settings and its metrics.
+#[derive(Clone)]
+pub struct Function {
+    cache: Cachier,
+    settings: Arc<Settings>,
+    id: FuncId,
+    counters: Arc<Counters>,
+}
+
+/// What the compute step produced, for the shared call path.
+type Computed<T, E> = std::result::Result<T, E>;
+
+impl Function {
+    /// Overrides settings of this handle only (other handles of the same id keep theirs).
+    ///
+    /// ```
+    /// # use std::{sync::Arc, time::Duration};
+    /// # use cachier_core::{Cachier, Core, func_id};
+    /// # fn demo(cache: Cachier) {
+    /// let f = cache.function(func_id!("rates")).configure(|s| {
+    ///     s.stale_after = Some(Duration::from_secs(60));
+    ///     s.next_time = true;
+    /// });
+    /// # let _ = f; }
+    /// ```
+    pub fn configure(mut self, change: impl FnOnce(&mut Settings)) -> Self {
+        change(Arc::make_mut(&mut self.settings));
+        self
+    }
+
+    /// The function id.
+    pub fn id(&self) -> &FuncId {
+        &self.id
+    }
+
+    /// The settings in force for this handle.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The key under which the result for `args` is stored.
+    pub fn key<A: Serialize + ?Sized>(&self, args: &A) -> Result<Key> {
+        Key::for_args(&self.cache.inner.namespace, &self.id, args)
+    }
+
+    /// Returns the cached result for `args`, or runs `compute`, stores and returns its result.
+    ///
+    /// `args` identifies the call (use a tuple for several arguments); `compute` is run at most
+    /// once, and only when no usable value is cached and no other caller — in this process or
+    /// any other sharing the backend — is computing the same key. Without `strict`, this never
+    /// fails because of the backend: errors are logged and the function is computed.
+    pub async fn call<A, T, F, Fut>(&self, args: &A, compute: F) -> Result<T>
+    where
+        A: Serialize + ?Sized,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        self.call_with(CallOptions::default(), args, compute).await
+    }
+
+    /// [`Function::call`] with per-call options.
+    pub async fn call_with<A, T, F, Fut>(&self, opts: CallOptions, args: &A, compute: F) -> Result<T>
+    where
+        A: Serialize + ?Sized,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        let compute = move || {
+            let fut = compute();
+            async move { Ok::<T, std::convert::Infallible>(fut.await) }
+        };
+        match self.run(opts, args, compute).await? {
+            Ok(value) => Ok(value),
+            Err(never) => match never {},
+        }
+    }
+
+    /// Like [`Function::call`] for functions that can fail: an `Err` is returned to the caller
+    /// and not cached (and the claim is released, so another caller may try at once). Backend
+    /// errors reach the caller only with `strict`, converted with `E: From<Error>`.
+    pub async fn try_call<A, T, E, F, Fut>(&self, args: &A, compute: F) -> std::result::Result<T, E>
+    where
+        A: Serialize + ?Sized,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: From<Error> + Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
+    {
+        self.try_call_with(CallOptions::default(), args, compute)
+            .await
+    }
+
+    /// [`Function::try_call`] with per-call options.
+    pub async fn try_call_with<A, T, E, F, Fut>(
+        &self,
+        opts: CallOptions,
+        args: &A,
+        compute: F,
+    ) -> std::result::Result<T, E>
+    where
+        A: Serialize + ?Sized,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: From<Error> + Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
+    {
+        self.run(opts, args, compute).await?
+    }
+
+    /// [`Function::call`] for synchronous code and synchronous functions.
+    ///
+    /// - Outside any async runtime (plain `fn main`, a thread pool): runs the call on a small
+    ///   runtime owned by the crate ([`block_on`](crate::block_on)); `compute` runs on the
+    ///   calling thread.
+    /// - Inside a multi-threaded tokio runtime: uses `block_in_place`, so the runtime's other
+    ///   tasks keep running while this thread blocks.
+    /// - Inside a current-thread tokio runtime, blocking would stall the very runtime that may
+    ///   drive the backend's connections, so the cache is bypassed: `compute` runs directly, a
+    ///   warning is logged and the call counts as `bypassed`. Use [`Function::call`] there.
+    pub fn call_blocking<A, T, F>(&self, args: &A, compute: F) -> Result<T>
+    where
+        A: Serialize + ?Sized,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        self.call_blocking_with(CallOptions::default(), args, compute)
+    }
+
+    /// [`Function::call_blocking`] with per-call options.
+    pub fn call_blocking_with<A, T, F>(&self, opts: CallOptions, args: &A, compute: F) -> Result<T>
+    where
+        A: Serialize + ?Sized,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let handle = Handle::try_current().ok();
+        if let Some(handle) = &handle
+            && handle.runtime_flavor() != RuntimeFlavor::MultiThread
+        {
+            tracing::warn!(
+                func = %self.id,
+                "call_blocking inside a current-thread tokio runtime bypasses the cache; \
+                 use `call` there"
+            );
+            Counters::bump(&self.counters.bypassed);
+            return Ok(compute());
+        }
+        let call = self.call_with(opts, args, move || async move { compute() });
+        match handle {
+            None => crate::blocking::block_on(call),
+            Some(handle) => tokio::task::block_in_place(|| handle.block_on(call)),
+        }
+    }
+
+    /// Stores `value` as the result for `args`, as if it had been computed now.
+    pub async fn precache<A, T>(&self, args: &A, value: &T) -> Result<()>
+    where
+        A: Serialize + ?Sized,
+        T: Serialize + ?Sized,
+    {
+        let key = self.key(args)?;
+        let bytes = codec::seal::<DefaultCodec, T>(value)?;
+        self.cache
+            .inner
+            .core
+            .set(&key, Bytes::from(bytes), Timestamp::now())
+            .await
+    }
+
+    /// Removes the cached result for `args`; `true` if there was one.
+    pub async fn remove<A: Serialize + ?Sized>(&self, args: &A) -> Result<bool> {
+        let key = self.key(args)?;
+        self.cache.inner.core.remove(&key).await
+    }
+
+    /// Removes every cached result of this function (in this cache's namespace only).
+    pub async fn clear(&self) -> Result<u64> {
+        self.cache
+            .inner
+            .core
+            .clear(&self.cache.inner.namespace, &self.id)
+            .await
+    }
+
+    /// Ends every claim on this function's keys (for a claim known to be abandoned; leases end
+    /// by themselves anyway).
+    pub async fn clear_claims(&self) -> Result<u64> {
+        self.cache
+            .inner
+            .core
+            .clear_claims(&self.cache.inner.namespace, &self.id)
+            .await
+    }
+
+    /// Removes values of this function older than `stale_after` (all values stored before now
+    /// when `stale_after` is not set). Returns how many were removed.
+    pub async fn delete_stale(&self) -> Result<u64> {
+        let before = Timestamp::now().sub(self.settings.stale_after.unwrap_or(Duration::ZERO));
+        self.cache
+            .inner
+            .core
+            .delete_stale(&self.cache.inner.namespace, &self.id, before)
+            .await
+    }
+
+    /// This function's metrics (shared by every handle of the same id in this cache).
+    pub fn stats(&self) -> Stats {
+        self.counters.snapshot()
+    }
+}
+
+/// What a stored entry is worth to a call.
+enum Usable<T> {
+    Fresh(T),
+    Stale(T),
+    Missing,
+}
+
+/// Limits a call applies when judging a stored value.
+#[derive(Clone, Copy)]
+struct Freshness {
+    /// The oldest a value may be: min(stale_after, max_age).
+    max_age: Option<Duration>,
+    /// With `overwrite_cache`: only values stored since the call began count.
+    stored_since: Option<Timestamp>,
+}
+
+impl Function {
+    async fn run<A, T, E, F, Fut>(
+        &self,
+        opts: CallOptions,
+        args: &A,
+        compute: F,
+    ) -> Result<Computed<T, E>>
+    where
+        A: Serialize + ?Sized,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Computed<T, E>> + Send + 'static,
+    {
+        let started = Instant::now();
+        let out = self.run_uninstrumented(opts, args, compute).await;
+        self.counters.record_latency(started.elapsed());
+        out
+    }
+
+    async fn run_uninstrumented<A, T, E, F, Fut>(
+        &self,
+        opts: CallOptions,
+        args: &A,
+        compute: F,
+    ) -> Result<Computed<T, E>>
+    where
+        A: Serialize + ?Sized,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Computed<T, E>> + Send + 'static,
+    {
+        if opts.skip_cache || !self.cache.is_enabled() {
+            Counters::bump(&self.counters.bypassed);
+            Counters::bump(&self.counters.computations);
+            return Ok(compute().await);
+        }
+        let key = match self.key(args) {
+            Ok(key) => key,
+            Err(err) if self.settings.strict => return Err(err),
+            Err(err) => {
+                tracing::warn!(func = %self.id, error = %err, "arguments not hashable; computing without the cache");
+                Counters::bump(&self.counters.bypassed);
+                Counters::bump(&self.counters.computations);
+                return Ok(compute().await);
+            }
+        };
+        self.maybe_clean_up();
+        let freshness = Freshness {
+            max_age: match (self.settings.stale_after, opts.max_age) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            stored_since: opts.overwrite_cache.then(Timestamp::now),
+        };
+        let core = &self.cache.inner.core;
+
+        if !opts.overwrite_cache {
+            match core.get(&key).await {
+                Err(err) => {
+                    self.backend_error("get", &key, err)?;
+                    return self.compute_unclaimed(&key, compute, false).await;
+                }
+                Ok(entry) => match self.judge(&key, entry.as_ref(), freshness) {
+                    Usable::Fresh(value) => {
+                        Counters::bump(&self.counters.hits);
+                        return Ok(Ok(value));
+                    }
+                    Usable::Stale(value) if self.settings.next_time => {
+                        Counters::bump(&self.counters.stale_hits);
+                        if !entry.as_ref().is_some_and(Entry::is_claimed) {
+                            self.refresh_in_background(key, compute);
+                        }
+                        return Ok(Ok(value));
+                    }
+                    Usable::Stale(_) | Usable::Missing => {}
+                },
+            }
+        }
+        self.claim_and_compute(key, freshness, compute).await
+    }
+
+    /// Steps 4 and 5: claim the key and compute, or wait for whoever holds it.
+    async fn claim_and_compute<T, E, F, Fut>(
+        &self,
+        key: Key,
+        freshness: Freshness,
+        compute: F,
+    ) -> Result<Computed<T, E>>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Computed<T, E>> + Send + 'static,
+    {
+        let core = &self.cache.inner.core;
+        let lease = self.settings.lease;
+        let deadline = self
+            .settings
+            .wait_for_calc_timeout
+            .map(|t| tokio::time::Instant::now() + t);
+        let mut waited = false;
+        loop {
+            let until = match core.claim(&key, lease).await {
+                Err(err) => {
+                    self.backend_error("claim", &key, err)?;
+                    return self.compute_unclaimed(&key, compute, false).await;
+                }
+                Ok(Claim::Acquired(token)) => {
+                    Counters::bump(&self.counters.misses);
+                    return self.compute_claimed(key, token, compute).await;
+                }
+                Ok(Claim::Held { until }) => until,
+            };
+            if !waited {
+                waited = true;
+                Counters::bump(&self.counters.waits);
+            }
+            // Wait until the holder's lease would end (a little past it, to let a renewal
+            // land), then look again: a live holder keeps renewing, a dead one does not.
+            let mut chunk = (until.remaining() + Duration::from_millis(50)).max(Duration::from_millis(10));
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    Counters::bump(&self.counters.wait_timeouts);
+                    tracing::debug!(key = %key, "waited wait_for_calc_timeout for another caller; computing");
+                    return self.compute_unclaimed(&key, compute, true).await;
+                }
+                chunk = chunk.min(left);
+            }
+            match core.wait(&key, chunk).await {
+                Err(err) => {
+                    self.backend_error("wait", &key, err)?;
+                    return self.compute_unclaimed(&key, compute, false).await;
+                }
+                Ok(entry) => {
+                    if let Usable::Fresh(value) = self.judge(&key, entry.as_ref(), freshness) {
+                        Counters::bump(&self.counters.hits);
+                        return Ok(Ok(value));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Computes while holding the claim: renews the lease meanwhile, stores the result, and
+    /// ends the claim on every path (the guard releases it on error, panic or cancellation).
+    async fn compute_claimed<T, E, F, Fut>(
+        &self,
+        key: Key,
+        token: ClaimToken,
+        compute: F,
+    ) -> Result<Computed<T, E>>
+    where
+        T: Serialize + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Computed<T, E>>,
+    {
+        let guard = ClaimGuard::new(
+            self.cache.inner.core.clone(),
+            key,
+            token,
+            self.settings.lease,
+        );
+        Counters::bump(&self.counters.computations);
+        let result = compute().await;
+        match result {
+            Ok(value) => {
+                let stored = self.store(&guard.key, &value).await;
+                if matches!(stored, Ok(true)) {
+                    guard.disarm();
+                } else {
+                    guard.release().await;
+                }
+                stored.map(|_| Ok(value))
+            }
+            Err(err) => {
+                guard.release().await;
+                Ok(Err(err))
+            }
+        }
+    }
+
+    /// Computes without a claim: the backend failed, or waiting for another caller timed out
+    /// (then the result is stored too).
+    async fn compute_unclaimed<T, E, F, Fut>(
+        &self,
+        key: &Key,
+        compute: F,
+        store: bool,
+    ) -> Result<Computed<T, E>>
+    where
+        T: Serialize + Sync,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Computed<T, E>>,
+    {
+        Counters::bump(&self.counters.misses);
+        Counters::bump(&self.counters.computations);
+        let result = compute().await;
+        if store && let Ok(value) = &result {
+            self.store(key, value).await?;
+        }
+        Ok(result)
+    }
+
+    /// Step 3's refresh: claim and recompute in a background task, unless someone else is.
+    fn refresh_in_background<T, E, F, Fut>(&self, key: Key, compute: F)
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: Send + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Computed<T, E>> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.cache.inner.core.claim(&key, this.settings.lease).await {
+                Ok(Claim::Acquired(token)) => {
+                    if let Err(err) = this.compute_claimed(key, token, compute).await {
+                        tracing::warn!(func = %this.id, error = %err, "background refresh failed");
+                    }
+                }
+                Ok(Claim::Held { .. }) => {}
+                Err(err) => {
+                    let _ = this.backend_error("claim", &key, err);
+                }
+            }
+        });
+    }
+
+    /// Encodes and stores a computed value. `Ok(true)` if it was stored (which also ended any
+    /// claim), `Ok(false)` if it was deliberately not stored or the backend failed (logged).
+    async fn store<T: Serialize + Sync + ?Sized>(&self, key: &Key, value: &T) -> Result<bool> {
+        if !self.settings.allow_none && is_none(value) {
+            return Ok(false);
+        }
+        let bytes = match codec::seal::<DefaultCodec, T>(value) {
+            Ok(bytes) => bytes,
+            Err(err) if self.settings.strict => return Err(err.with_key(key)),
+            Err(err) => {
+                tracing::warn!(key = %key, error = %err, "result not stored: it does not serialize");
+                return Ok(false);
+            }
+        };
+        let backend_limit = self.cache.inner.core.capabilities().max_value_bytes;
+        let limit = match (self.settings.entry_size_limit, backend_limit) {
+            (Some(a), Some(b)) => Some(a.min(usize::try_from(b).unwrap_or(usize::MAX))),
+            (a, b) => a.or(b.map(|b| usize::try_from(b).unwrap_or(usize::MAX))),
+        };
+        if let Some(limit) = limit
+            && bytes.len() > limit
+        {
+            Counters::bump(&self.counters.size_limit_rejections);
+            let msg = format!(
+                "result of {} bytes not stored: the limit is {limit} bytes",
+                bytes.len()
+            );
+            if self.settings.strict {
+                return Err(Error::too_large(msg).with_operation("set").with_key(key));
+            }
+            tracing::debug!(key = %key, "{msg}");
+            return Ok(false);
+        }
+        match self
+            .cache
+            .inner
+            .core
+            .set(key, Bytes::from(bytes), Timestamp::now())
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(err) => self.backend_error("set", key, err).map(|()| false),
+        }
+    }
+
+    /// Decodes an entry and judges it against the call's freshness limits.
+    fn judge<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &Key,
+        entry: Option<&Entry>,
+        freshness: Freshness,
+    ) -> Usable<T> {
+        let Some((bytes, stored_at)) = entry.and_then(|e| e.value.as_ref().map(|v| (v, e.stored_at)))
+        else {
+            return Usable::Missing;
+        };
+        let value: T = match codec::open::<DefaultCodec, T>(bytes, self.settings.decode_limit) {
+            Ok(value) => value,
+            Err(err) => {
+                Counters::bump(&self.counters.corrupt_entries);
+                tracing::warn!(key = %key, error = %err, "stored value does not decode; treating it as a miss");
+                return Usable::Missing;
+            }
+        };
+        if !self.settings.allow_none && is_none(&value) {
+            return Usable::Missing;
+        }
+        let too_old = freshness.max_age.is_some_and(|age| stored_at.elapsed() > age);
+        let too_early = freshness.stored_since.is_some_and(|since| stored_at < since);
+        if too_old || too_early {
+            Usable::Stale(value)
+        } else {
+            Usable::Fresh(value)
+        }
+    }
+
+    /// Counts and logs a backend error; returns it with `strict`.
+    fn backend_error(&self, operation: &'static str, key: &Key, err: Error) -> Result<()> {
+        Counters::bump(&self.counters.backend_errors);
+        if self.settings.strict {
+            return Err(err);
+        }
+        tracing::warn!(
+            backend = self.cache.inner.core.name(),
+            operation,
+            key = %key,
+            error = %err,
+            "cache backend failed; computing without it"
+        );
+        Ok(())
+    }
+
+    /// Starts a background `delete_stale` when `cleanup_stale` is on and the interval passed.
+    fn maybe_clean_up(&self) {
+        let (true, Some(stale_after)) = (self.settings.cleanup_stale, self.settings.stale_after)
+        else {
+            return;
+        };
+        let now = Timestamp::now().as_millis();
+        let last = self.counters.last_cleanup_ms.load(Ordering::Relaxed);
+        let interval = self.settings.cleanup_interval.as_millis() as u64;
+        if now.saturating_sub(last) < interval
+            || self
+                .counters
+                .last_cleanup_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let core = self.cache.inner.core.clone();
+        let namespace = self.cache.inner.namespace.clone();
+        let func = self.id.clone();
+        tokio::spawn(async move {
+            let before = Timestamp(now).sub(stale_after);
+            match core.delete_stale(&namespace, &func, before).await {
+                Ok(n) => tracing::debug!(func = %func, removed = n, "stale values cleaned up"),
+                Err(err) => tracing::warn!(func = %func, error = %err, "stale cleanup failed"),
+            }
+        });
+    }
+}
+
+/// Holds a claim while the user's function runs: renews the lease every third of its length,
+/// and releases the claim when dropped without [`ClaimGuard::disarm`] — on an error, a panic
+/// unwinding through the call, or the call's future being dropped.
+struct ClaimGuard {
+    core: Arc<dyn Core>,
+    key: Key,
+    token: Option<ClaimToken>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl ClaimGuard {
+    fn new(core: Arc<dyn Core>, key: Key, token: ClaimToken, lease: Duration) -> Self {
+        let renewer = {
+            let (core, key, token) = (core.clone(), key.clone(), token.clone());
+            let every = (lease / 3).max(Duration::from_millis(10));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match core.renew(&key, &token, lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!(key = %key, "claim lost while computing (lease expired?)");
+                            return;
+                        }
+                        Err(err) => tracing::warn!(key = %key, error = %err, "claim renewal failed"),
+                    }
+                }
+            })
+        };
+        ClaimGuard {
+            core,
+            key,
+            token: Some(token),
+            renewer,
+        }
+    }
+
+    /// The claim ended by other means (a `set`): stop renewing, release nothing.
+    fn disarm(mut self) {
+        self.token = None;
+    }
+
+    /// Stops renewing and releases the claim now.
+    async fn release(mut self) {
+        self.renewer.abort();
+        if let Some(token) = self.token.take()
+            && let Err(err) = self.core.release(&self.key, &token).await
+        {
+            tracing::warn!(key = %self.key, error = %err, "claim release failed; it ends with its lease");
+        }
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        let (core, key) = (self.core.clone(), self.key.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(err) = core.release(&key, &token).await {
+                        tracing::warn!(key = %key, error = %err, "claim release failed; it ends with its lease");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(key = %key, "no runtime to release the claim; it ends with its lease");
+            }
+        }
+    }
+}

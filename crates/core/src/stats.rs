@@ -1,0 +1,98 @@
+//! Per-function metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Counters of one cached function, as returned by [`Function::stats`](crate::Function::stats).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Calls answered from the cache with a fresh value (including values another caller
+    /// computed while this one waited).
+    pub hits: u64,
+    /// Calls that found no usable value (absent, stale, corrupt or `None` without `allow_none`).
+    pub misses: u64,
+    /// Calls answered with a stale value under `next_time`.
+    pub stale_hits: u64,
+    /// Times the function was run, in the foreground or as a background refresh.
+    pub computations: u64,
+    /// Calls that waited for another caller's computation.
+    pub waits: u64,
+    /// Waits that ran out (`wait_for_calc_timeout`) and computed on their own.
+    pub wait_timeouts: u64,
+    /// Results not stored because their encoded size exceeded `entry_size_limit` or the
+    /// backend's limit.
+    pub size_limit_rejections: u64,
+    /// Stored values that did not decode and were treated as misses.
+    pub corrupt_entries: u64,
+    /// Backend errors (logged; returned only with `strict`).
+    pub backend_errors: u64,
+    /// Calls that bypassed the cache (caching off, or `skip_cache`).
+    pub bypassed: u64,
+    /// Calls finished, and their total and largest latency.
+    pub calls: u64,
+    /// Sum of call latencies.
+    pub total_latency: Duration,
+    /// The slowest call.
+    pub max_latency: Duration,
+}
+
+impl Stats {
+    /// The mean latency of a call, or zero before the first call.
+    pub fn mean_latency(&self) -> Duration {
+        if self.calls == 0 {
+            Duration::ZERO
+        } else {
+            self.total_latency / self.calls as u32
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub stale_hits: AtomicU64,
+    pub computations: AtomicU64,
+    pub waits: AtomicU64,
+    pub wait_timeouts: AtomicU64,
+    pub size_limit_rejections: AtomicU64,
+    pub corrupt_entries: AtomicU64,
+    pub backend_errors: AtomicU64,
+    pub bypassed: AtomicU64,
+    pub calls: AtomicU64,
+    pub total_latency_us: AtomicU64,
+    pub max_latency_us: AtomicU64,
+    /// When the last background cleanup started, in ms since the epoch.
+    pub last_cleanup_ms: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn record_latency(&self, d: Duration) {
+        let us = d.as_micros() as u64;
+        self.calls.fetch_add(1, Relaxed);
+        self.total_latency_us.fetch_add(us, Relaxed);
+        self.max_latency_us.fetch_max(us, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Stats {
+        Stats {
+            hits: self.hits.load(Relaxed),
+            misses: self.misses.load(Relaxed),
+            stale_hits: self.stale_hits.load(Relaxed),
+            computations: self.computations.load(Relaxed),
+            waits: self.waits.load(Relaxed),
+            wait_timeouts: self.wait_timeouts.load(Relaxed),
+            size_limit_rejections: self.size_limit_rejections.load(Relaxed),
+            corrupt_entries: self.corrupt_entries.load(Relaxed),
+            backend_errors: self.backend_errors.load(Relaxed),
+            bypassed: self.bypassed.load(Relaxed),
+            calls: self.calls.load(Relaxed),
+            total_latency: Duration::from_micros(self.total_latency_us.load(Relaxed)),
+            max_latency: Duration::from_micros(self.max_latency_us.load(Relaxed)),
+        }
+    }
+}
