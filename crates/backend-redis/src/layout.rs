@@ -1,0 +1,258 @@
+//! Where things live in Redis: key names, `SCAN MATCH` patterns, the entry framing and the claim
+//! value. Pure functions, so the layout is tested without a server. The crate docs describe the
+//! layout for users; this module is its single implementation.
+
+use cachier_core::{ArgHash, FuncId, Key, Namespace, Timestamp};
+
+/// The first byte of every stored entry: the version of the entry framing.
+pub(crate) const FRAMING_VERSION: u8 = 1;
+/// Framing version byte + `stored_at` as a big-endian `u64` of milliseconds.
+pub(crate) const HEADER_LEN: usize = 9;
+/// The suffix that turns an entry key into its claim key.
+pub(crate) const CLAIM_SUFFIX: &str = ":claim";
+/// The suffix that turns an entry key into its wake-up channel.
+pub(crate) const WAKE_SUFFIX: &str = ":wake";
+/// Length of an [`ArgHash`] in hex.
+const HASH_HEX_LEN: usize = 64;
+
+/// Escapes a function id for use inside a key: `%`, `:`, `{` and `}` become `%25`, `%3A`,
+/// `%7B` and `%7D`. Without `:` the key splits into its parts unambiguously; without braces the
+/// hash tag (the whole `{...}`) cannot end early.
+pub(crate) fn escape_func(func: &FuncId) -> String {
+    let id = func.as_str();
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes text for a `SCAN MATCH` pattern so that it matches only itself: each of the glob
+/// metacharacters `* ? [ ] \` gets a backslash.
+pub(crate) fn escape_glob(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The key holding the value of `key`: `{<namespace>:<escaped func>:<hash hex>}`. The braces make
+/// the whole name the Redis Cluster hash tag, which the claim key and wake-up channel share.
+pub(crate) fn entry_key(key: &Key) -> String {
+    entry_key_parts(&key.namespace, &key.func, &key.hash)
+}
+
+fn entry_key_parts(namespace: &Namespace, func: &FuncId, hash: &ArgHash) -> String {
+    format!("{{{}:{}:{}}}", namespace, escape_func(func), hash.to_hex())
+}
+
+/// The key holding the claim on `key`: the entry key followed by `:claim`.
+pub(crate) fn claim_key(key: &Key) -> String {
+    let mut k = entry_key(key);
+    k.push_str(CLAIM_SUFFIX);
+    k
+}
+
+/// The pub/sub channel announcing that the claim on `key` ended: the entry key + `:wake`.
+pub(crate) fn wake_channel(key: &Key) -> String {
+    let mut k = entry_key(key);
+    k.push_str(WAKE_SUFFIX);
+    k
+}
+
+/// The wake-up channel of a claim key found by `SCAN`.
+pub(crate) fn wake_channel_of_claim(claim_key: &[u8]) -> Option<Vec<u8>> {
+    let entry = claim_key.strip_suffix(CLAIM_SUFFIX.as_bytes())?;
+    let mut channel = entry.to_vec();
+    channel.extend_from_slice(WAKE_SUFFIX.as_bytes());
+    Some(channel)
+}
+
+/// The glob prefix matching the entry keys of exactly one function: the escaped namespace and
+/// function id, then exactly 64 single-character wildcards for the hash and the closing brace.
+/// A function `f` never matches `f:g` (its keys have more characters before the brace) nor `f*`
+/// (the `*` is escaped).
+fn func_entry_glob(namespace: &Namespace, func: &FuncId) -> String {
+    format!(
+        "{{{}:{}:{}}}",
+        escape_glob(namespace.as_str()),
+        escape_glob(&escape_func(func)),
+        "?".repeat(HASH_HEX_LEN)
+    )
+}
+
+/// `SCAN MATCH` pattern for the values of one function.
+pub(crate) fn func_entries_pattern(namespace: &Namespace, func: &FuncId) -> String {
+    func_entry_glob(namespace, func)
+}
+
+/// `SCAN MATCH` pattern for the claims of one function.
+pub(crate) fn func_claims_pattern(namespace: &Namespace, func: &FuncId) -> String {
+    let mut p = func_entry_glob(namespace, func);
+    p.push_str(CLAIM_SUFFIX);
+    p
+}
+
+/// `SCAN MATCH` pattern for everything (values and claims) of one function.
+pub(crate) fn func_all_pattern(namespace: &Namespace, func: &FuncId) -> String {
+    let mut p = func_entry_glob(namespace, func);
+    p.push('*');
+    p
+}
+
+/// `SCAN MATCH` pattern for everything in one namespace. Namespaces cannot contain `:`, so
+/// `app` never matches `app2`.
+pub(crate) fn namespace_pattern(namespace: &Namespace) -> String {
+    format!("{{{}:*", escape_glob(namespace.as_str()))
+}
+
+/// Whether a key found by `SCAN` is a claim key (the others are entry keys).
+pub(crate) fn is_claim_key(key: &[u8]) -> bool {
+    key.ends_with(CLAIM_SUFFIX.as_bytes())
+}
+
+/// Frames a value for storage: version byte, `stored_at` (big-endian milliseconds), the bytes.
+pub(crate) fn pack_entry(value: &[u8], stored_at: Timestamp) -> Vec<u8> {
+    let mut packed = Vec::with_capacity(HEADER_LEN + value.len());
+    packed.push(FRAMING_VERSION);
+    packed.extend_from_slice(&stored_at.as_millis().to_be_bytes());
+    packed.extend_from_slice(value);
+    packed
+}
+
+/// Reads the framing of a stored entry: `stored_at` and where the value starts. `None` for
+/// bytes this crate did not write (too short, another framing version).
+pub(crate) fn unpack_header(stored: &[u8]) -> Option<Timestamp> {
+    if stored.len() < HEADER_LEN || stored[0] != FRAMING_VERSION {
+        return None;
+    }
+    let mut millis = [0u8; 8];
+    millis.copy_from_slice(&stored[1..HEADER_LEN]);
+    Some(Timestamp(u64::from_be_bytes(millis)))
+}
+
+/// The value stored in a claim key: `<expiry ms>:<token>`.
+pub(crate) fn claim_value(until: Timestamp, token: &str) -> String {
+    format!("{}:{}", until.as_millis(), token)
+}
+
+/// The expiry written in a claim value, if it is one this crate wrote.
+pub(crate) fn claim_value_until(value: &[u8]) -> Option<Timestamp> {
+    let sep = value.iter().position(|&b| b == b':')?;
+    let digits = std::str::from_utf8(&value[..sep]).ok()?;
+    digits.parse().ok().map(Timestamp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ns: &str, func: &str) -> Key {
+        Key::new(
+            Namespace::new(ns).unwrap(),
+            FuncId::new(func).unwrap(),
+            ArgHash::from_bytes([0xab; 32]),
+        )
+    }
+
+    /// Redis' glob matcher, reduced to what our patterns use: literal bytes, `\` escapes, `?`
+    /// and `*`.
+    fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => text.is_empty(),
+            Some((b'*', rest)) => (0..=text.len()).any(|i| glob_match(rest, &text[i..])),
+            Some((b'?', rest)) => !text.is_empty() && glob_match(rest, &text[1..]),
+            Some((b'\\', rest)) => match (rest.split_first(), text.split_first()) {
+                (Some((p, prest)), Some((t, trest))) => p == t && glob_match(prest, trest),
+                _ => false,
+            },
+            Some((p, rest)) => text.first() == Some(p) && glob_match(rest, &text[1..]),
+        }
+    }
+
+    #[test]
+    fn keys_share_one_hash_tag() {
+        let k = key("app", "m::f");
+        let entry = entry_key(&k);
+        assert_eq!(entry, format!("{{app:m%3A%3Af:{}}}", "ab".repeat(32)));
+        assert_eq!(claim_key(&k), format!("{entry}:claim"));
+        assert_eq!(wake_channel(&k), format!("{entry}:wake"));
+        assert_eq!(
+            wake_channel_of_claim(claim_key(&k).as_bytes()).unwrap(),
+            wake_channel(&k).into_bytes()
+        );
+    }
+
+    #[test]
+    fn braces_and_percent_are_escaped() {
+        let k = key("a", "x}{%y");
+        assert!(entry_key(&k).starts_with("{a:x%7D%7B%25y:"));
+        // One opening and one closing brace: the hash tag is the whole entry name.
+        assert_eq!(entry_key(&k).matches('}').count(), 1);
+    }
+
+    #[test]
+    fn patterns_match_only_their_own_function() {
+        let funcs = ["foo", "foo_bar", "foo*", "fo?", "f[o]o", "foo:bar", "foo\\", "foo%3A"];
+        for pattern_func in funcs {
+            for key_func in funcs {
+                let k = key("ns", key_func);
+                let pattern = func_all_pattern(&k.namespace, &fid(pattern_func));
+                let expected = pattern_func == key_func;
+                for stored in [entry_key(&k), claim_key(&k)] {
+                    assert_eq!(
+                        glob_match(pattern.as_bytes(), stored.as_bytes()),
+                        expected,
+                        "pattern of {pattern_func:?} against key of {key_func:?}: {pattern}"
+                    );
+                }
+                let entries = func_entries_pattern(&k.namespace, &fid(pattern_func));
+                assert_eq!(
+                    glob_match(entries.as_bytes(), entry_key(&k).as_bytes()),
+                    expected
+                );
+                assert!(!glob_match(entries.as_bytes(), claim_key(&k).as_bytes()));
+                let claims = func_claims_pattern(&k.namespace, &fid(pattern_func));
+                assert_eq!(
+                    glob_match(claims.as_bytes(), claim_key(&k).as_bytes()),
+                    expected
+                );
+                assert!(!glob_match(claims.as_bytes(), entry_key(&k).as_bytes()));
+            }
+        }
+    }
+
+    #[test]
+    fn namespace_pattern_is_exact() {
+        let pattern = namespace_pattern(&Namespace::new("app").unwrap());
+        assert!(glob_match(pattern.as_bytes(), entry_key(&key("app", "f")).as_bytes()));
+        assert!(!glob_match(pattern.as_bytes(), entry_key(&key("app2", "f")).as_bytes()));
+        assert!(!glob_match(pattern.as_bytes(), entry_key(&key("ap", "f")).as_bytes()));
+    }
+
+    #[test]
+    fn framing_round_trip() {
+        let packed = pack_entry(b"\x00\xffvalue", Timestamp(1_700_000_000_123));
+        assert_eq!(unpack_header(&packed), Some(Timestamp(1_700_000_000_123)));
+        assert_eq!(&packed[HEADER_LEN..], b"\x00\xffvalue");
+        assert_eq!(unpack_header(b"hello world"), None);
+        assert_eq!(unpack_header(&packed[..8]), None);
+        assert_eq!(claim_value_until(claim_value(Timestamp(42), "t:k").as_bytes()), Some(Timestamp(42)));
+        assert_eq!(claim_value_until(b"nonsense"), None);
+    }
+
+    fn fid(s: &str) -> FuncId {
+        FuncId::new(s).unwrap()
+    }
+
+}

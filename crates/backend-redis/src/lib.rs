@@ -1,0 +1,93 @@
+//! Redis backend for cachier: memoized results shared by every process that reaches one Redis
+//! server, with at most one computation in flight per key across all of them.
+//!
+//! [`RedisCore`] implements [`cachier_core::Core`] on the [`redis`] crate (async, Tokio, a
+//! connection manager that reconnects by itself). [`Config`] says how to reach the server: a
+//! `redis://` / `rediss://` URL (credentials, database number, TLS through rustls) or an
+//! existing `redis::Client`, plus deliberately chosen timeouts.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use cachier_core::Core;
+//! use cachier_redis::{Config, RedisCore};
+//!
+//! # async fn example() -> cachier_core::Result<()> {
+//! let config = Config::from_url("redis://127.0.0.1:6379/0")?;
+//! let core: Arc<dyn Core> = Arc::new(RedisCore::connect(config).await?);
+//! # Ok(()) }
+//! ```
+//!
+//! # Storage layout, version 1
+//!
+//! For a [`Key`](cachier_core::Key) with namespace `ns`, function id `func` and argument hash
+//! `hash` (64 lowercase hex digits):
+//!
+//! | what | Redis name | type, content |
+//! |---|---|---|
+//! | entry | `{ns:func:hash}` | string: byte `1` (framing version), `stored_at` as a big-endian `u64` of UTC milliseconds, then the value bytes exactly as given |
+//! | claim | `{ns:func:hash}:claim` | string `<expiry ms>:<token>`, with a `PX` expiry of the lease |
+//! | wake-up | `{ns:func:hash}:wake` | pub/sub channel (not a key): a message whenever a claim ends |
+//!
+//! In `func`, the characters `%`, `:`, `{` and `}` are written `%25`, `%3A`, `%7B` and `%7D`,
+//! so a name splits into its parts unambiguously and the braces always enclose the whole
+//! entry name. Namespaces are restricted by `cachier-core` to `[A-Za-z0-9_.-]`.
+//!
+//! - **A hit is one round trip and one command**: `MGET entry claim`. The value and its
+//!   `stored_at` travel together, and the claim's presence and expiry come along, as
+//!   [`Core::get`](cachier_core::Core::get) must report them. `MGET` was chosen over a Lua
+//!   script because it is a plain read (it works on replicas, needs no script cache after a
+//!   restart or failover, and shows up as exactly one read command in `INFO commandstats`).
+//! - **Claims** are one atomic `SET claim <expiry>:<token> NX PX <lease>` inside a small Lua
+//!   script that, when the key is taken, returns its `PTTL` instead (so `Claim::Held` carries a
+//!   server-measured expiry). `renew` and `release` are Lua compare-and-set on the token.
+//!   Leases expire on the server, so a holder killed mid-computation blocks nobody for longer
+//!   than its lease. The `<expiry>` recorded in the value is the holder's clock; `get` reports
+//!   a claim whose key still exists as live even if that clock runs behind.
+//! - **`set`** is one `MULTI`/`EXEC`: `SET` the entry, `DEL` the claim, `PUBLISH` on the
+//!   wake-up channel. A stale value stays readable while a new one is computed; only `set`
+//!   replaces it.
+//! - **`wait`** subscribes to the key's wake-up channel (one shared pub/sub connection per
+//!   core), then reads, then re-reads on every message, at the claim's expiry (expiries publish
+//!   nothing) and on a slow safety poll ([`Config::with_wait_poll_interval`]). While the pub/sub
+//!   connection is down it polls with backoff (5 ms doubling to 200 ms). It never busy-loops.
+//!   Pub/sub ignores the database number: cores on different databases of one server may wake
+//!   each other's waiters needlessly, which costs one read, never a wrong answer.
+//! - **`clear`, `clear_claims`, `delete_stale`, `clear_namespace`** walk `SCAN MATCH` (never
+//!   `KEYS`) and remove with `UNLINK`. Patterns escape the glob characters `* ? [ ] \` and end
+//!   in exactly 64 `?` for the hash, so `foo` never touches `foo_bar`, `foo:bar` or `foo*`.
+//!   `delete_stale` reads only the 9-byte header of each entry (`GETRANGE`) in a Lua script
+//!   that unlinks it atomically if it is old enough. Clearing claims publishes wake-ups.
+//! - Values are opaque: this crate never decodes them. An entry in a framing this crate did not
+//!   write (a foreign program's string under the same name) is reported as no value, so the
+//!   front end computes and overwrites it; non-string keys read as absent.
+//!
+//! # Redis Cluster
+//!
+//! Not supported yet: [`RedisCore`] talks to one server (a standalone primary, or whatever a
+//! proxy or the URL points at). The layout is cluster-ready: the hash tag `{ns:func:hash}` puts
+//! an entry and its claim in one slot, so every multi-key command above (`MGET`,
+//! `MULTI`/`EXEC`, the scripts) stays within one slot. Cluster support would need a cluster
+//! client and a `SCAN` of every primary for the clearing operations.
+//!
+//! # Durability and limits
+//!
+//! [`Capabilities::persistent`](cachier_core::Capabilities) is `true`: entries outlive the
+//! processes that wrote them. Whether they outlive a restart of Redis itself depends on the
+//! server's configuration (RDB snapshots or the append-only file); a server run with
+//! `--save '' --appendonly no` keeps nothing across its own restart. A value may be at most
+//! [`MAX_VALUE_BYTES`] (Redis' 512 MiB string limit minus the 9-byte header), less if the
+//! server's `proto-max-bulk-len` is lower. Redis' `maxmemory` eviction may remove entries or
+//! claims at any time; an evicted claim only lets a second computation start.
+//!
+//! # Runtimes
+//!
+//! A core belongs to the Tokio runtime it was created on: the `redis` crate drives its
+//! connections with tasks spawned there. Create it inside the runtime that will use it.
+
+mod config;
+mod core;
+mod layout;
+mod wakeup;
+
+pub use crate::config::{Config, DEFAULT_URL};
+pub use crate::core::{MAX_VALUE_BYTES, RedisCore};
