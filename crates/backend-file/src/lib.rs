@@ -1,0 +1,114 @@
+//! The file backend of cachier: a [`Core`](cachier_core::Core) over a directory, persistent
+//! across restarts and shared safely by every process on the machine. No server, nothing to
+//! install: the embedded default for persistence.
+//!
+//! Open a store with [`FileCore::open`] and a [`Config`] (a path, a `file://` URL, or
+//! [`Config::from_env`]: `$CACHIER_DIR`, else `$XDG_CACHE_HOME/cachier`, else
+//! `~/.cache/cachier`), then hand it to the front end as an `Arc<dyn Core>`.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use cachier_core::Core;
+//! use cachier_file::{Config, Durability, FileCore};
+//!
+//! # fn main() -> cachier_core::Result<()> {
+//! let core: Arc<dyn Core> = Arc::new(FileCore::open(
+//!     Config::parse("file:///var/cache/my-app")?.with_durability(Durability::Rename),
+//! )?);
+//! # Ok(()) }
+//! ```
+//!
+//! # Storage layout, format version 1
+//!
+//! ```text
+//! {dir}/
+//!   {safe namespace}/                       one directory per Namespace
+//!     {safe function id}/                   one directory per FuncId
+//!       {hash}                              entry file: one cached value
+//!       {hash}.claim                        claim file: a live (or expired) claim
+//!       .{hash}.{pid}-{n}-{random}.tmp      a file being written (renamed or linked into place)
+//! ```
+//!
+//! - `{hash}` is the key's [`ArgHash`](cachier_core::ArgHash) as 64 lowercase hex digits.
+//! - A *safe* name is a readable prefix of the id (at most 40 characters; ASCII letters, digits,
+//!   `_` and `-` kept, anything else turned into `_`), a `-`, and 16 hex digits of the BLAKE3
+//!   hash of the exact id (domain tag `cachier-file-name-v1\0`). So `foo`, `foo_bar`, `foo*`
+//!   and `Foo` live in different directories (also on case-insensitive file systems), a name is
+//!   never longer than 57 bytes whatever the id's length, and no id reaches outside its
+//!   directory (`../../etc` becomes `______etc-…`). Example: `billing::total` →
+//!   `billing__total-3a…`.
+//! - **Entry file**: a 32-byte header, then the value's bytes exactly as the front end gave
+//!   them (the backend never decodes values):
+//!
+//!   | bytes | field |
+//!   |---|---|
+//!   | 0..8 | magic `CCHRFENT` |
+//!   | 8 | format version (`1`) |
+//!   | 9..16 | reserved, zero |
+//!   | 16..24 | `stored_at`, u64 little-endian, UTC milliseconds since the Unix epoch |
+//!   | 24..32 | value length, u64 little-endian |
+//!
+//!   A file that is shorter than its header says, longer, of another version, or not an entry
+//!   at all (a foreign file under an entry's name) is a miss, logged with `tracing::warn!`;
+//!   the next `set` overwrites it. Files whose names are not entry, claim or temp names are
+//!   foreign and left alone.
+//! - **Claim file**: magic `CCHRFCLM`, version (`1`), token length (u8), 6 reserved bytes, the
+//!   lease expiry (u64 LE milliseconds), then the holder's token. An unreadable claim file
+//!   counts as no claim.
+//!
+//! # Writes
+//!
+//! `set` writes a temp file in the function directory and renames it over the entry file, so a
+//! reader sees the old value or the new one, never a mix, and a miss never rewrites another
+//! entry. A process killed mid-write leaves only a temp file, which readers ignore and `clear` /
+//! `delete_stale` remove once it is an hour old. Directories are created on demand, so a store
+//! whose directory is deleted while in use starts over empty.
+//!
+//! [`Durability`] decides whether a `set` is flushed to disk: [`Durability::Rename`] (the
+//! default) does not flush and is safe against killed processes; after a power loss the newest
+//! entries may be lost or truncated and then read as misses. [`Durability::Fsync`] flushes the
+//! file and its directory, two disk flushes per `set`.
+//!
+//! # Claims across processes
+//!
+//! A claim is the file `{hash}.claim`. Every claim file is written complete to a temp file
+//! first and only then appears under its name, so a reader never sees a partial record.
+//!
+//! - *No claim file*: `claim` creates it with `link(temp, {hash}.claim)`, which fails if the
+//!   name exists (the atomic create-if-absent of `O_EXCL`). Of any number of racing processes
+//!   exactly one link succeeds.
+//! - *A claim file exists*: every change to an existing claim file (taking over an expired
+//!   claim, renewing, releasing, ending it in `set`, `remove` or `clear_claims`) happens while
+//!   holding an exclusive OS lock (`flock`, via [`std::fs::File::lock`]) on that file, after
+//!   checking that the locked file is still the one under the name (it may have been replaced
+//!   or removed while waiting for the lock). Changes are a `rename` of a fresh temp file over
+//!   the name or its removal, never an in-place write. So the record read under the lock stays
+//!   current until the lock is dropped: "read, check expiry or token, replace" is one atomic
+//!   step, and of any number of processes racing for an expired claim exactly one takes it
+//!   over. The OS drops the lock when its holder dies, so a killed process blocks nobody; its
+//!   claim itself ends when the lease runs out.
+//!
+//! The directory must support hard links and `flock` (every local Unix file system and NFS do).
+//!
+//! # Waiting
+//!
+//! [`Core::wait`](cachier_core::Core::wait) polls the key with exponential backoff from 2 ms up
+//! to [`Config::with_poll_max`] (50 ms by default), never sleeping past the claim's expiry; a
+//! poll is two `open` calls, so a waiter costs well under 0.1% of a core. Changes made through
+//! the same process's `FileCore` wake its waiters at once. No file-change notification is used:
+//! it would add a dependency, does not work over network file systems, and the polling above
+//! already bounds the extra latency by `poll_max`.
+//!
+//! # Blocking IO
+//!
+//! Every operation runs on tokio's blocking pool (`spawn_blocking`), so a slow disk or a
+//! network file system never stalls the async runtime's workers. A hit costs one `open` + read
+//! of the entry file and one (usually failing) `open` of the claim file.
+
+mod config;
+mod core;
+mod layout;
+mod store;
+
+pub use crate::config::{Config, DEFAULT_POLL_MAX, DIR_ENV, Durability};
+pub use crate::core::FileCore;

@@ -1,0 +1,549 @@
+//! The blocking file operations behind [`FileCore`](crate::FileCore): reading and writing entry
+//! files, and the claim protocol (see the crate docs for why it is safe across processes).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use cachier_core::{Claim, ClaimToken, Entry, Key, Timestamp};
+use tracing::{debug, warn};
+
+use crate::config::Durability;
+use crate::layout::{
+    CLAIM_MAX_LEN, ClaimRecord, ENTRY_HEADER_LEN, FileKind, KeyPaths, classify,
+    decode_entry_header, encode_entry_header, temp_name,
+};
+
+/// How long a temp file may sit untouched before a sweep (`clear`, `delete_stale`) takes it for
+/// the leftover of a killed process and removes it. Far longer than any write takes.
+pub(crate) const TEMP_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+/// How long to try for the lock of a claim file before giving up. Holders keep it for a few
+/// system calls, so only a process stopped inside that window makes this run out.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times an operation starts over when a directory or claim file changes under it.
+const MAX_ATTEMPTS: usize = 16;
+
+/// A failed file system call, with what was being done and on which path.
+#[derive(Debug)]
+pub(crate) struct FsError {
+    pub action: &'static str,
+    pub path: PathBuf,
+    pub source: io::Error,
+}
+
+pub(crate) type FsResult<T> = Result<T, FsError>;
+
+trait At<T> {
+    fn at(self, action: &'static str, path: &Path) -> FsResult<T>;
+}
+
+impl<T> At<T> for io::Result<T> {
+    fn at(self, action: &'static str, path: &Path) -> FsResult<T> {
+        self.map_err(|source| FsError {
+            action,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// The blocking half of the file backend: a root directory and how to write to it.
+#[derive(Debug)]
+pub(crate) struct Store {
+    pub root: PathBuf,
+    pub durability: Durability,
+}
+
+impl Store {
+    /// The entry under `key`: its value (if a valid entry file exists) and its live claim.
+    pub(crate) fn get(&self, key: &Key) -> FsResult<Option<Entry>> {
+        let paths = KeyPaths::new(&self.root, key);
+        let value = read_entry(&paths.entry)?;
+        let claim_until = read_claim(&paths.claim)?
+            .filter(ClaimRecord::is_live)
+            .map(|record| record.until);
+        Ok(match (value, claim_until) {
+            (None, None) => None,
+            (Some((stored_at, value)), claim_until) => Some(Entry {
+                value: Some(value),
+                stored_at,
+                claim_until,
+            }),
+            (None, claim_until) => Some(Entry {
+                value: None,
+                stored_at: Timestamp::default(),
+                claim_until,
+            }),
+        })
+    }
+
+    /// Writes the entry file atomically, then ends any claim on the key.
+    pub(crate) fn set(&self, key: &Key, value: &[u8], stored_at: Timestamp) -> FsResult<()> {
+        let paths = KeyPaths::new(&self.root, key);
+        let header = encode_entry_header(stored_at, value.len() as u64);
+        let fsync = self.durability == Durability::Fsync;
+        let mut attempt = 0;
+        loop {
+            let mut temp = TempFile::write(&paths.dir, &paths.stem, &[&header, value], fsync)?;
+            match temp.rename_to(&paths.entry) {
+                Ok(()) => break,
+                // The directory was removed (by `clear` or by hand) after the temp file was
+                // written: write it again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < MAX_ATTEMPTS => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e).at("rename a temp file over", &paths.entry),
+            }
+        }
+        if fsync {
+            sync_dir(&paths.dir)?;
+        }
+        end_claim(&paths.claim)?;
+        Ok(())
+    }
+
+    /// Takes the claim on `key` unless a live claim exists: creates the claim file with
+    /// `link` (which fails if it exists), or replaces an expired or unreadable claim file while
+    /// holding its lock.
+    pub(crate) fn claim(&self, key: &Key, lease: Duration) -> FsResult<Claim> {
+        let paths = KeyPaths::new(&self.root, key);
+        let token = ClaimToken::generate();
+        let record = ClaimRecord {
+            until: Timestamp::now().add(lease),
+            token: token.clone(),
+        };
+        let stem = format!("{}.claim", paths.stem);
+        for _ in 0..MAX_ATTEMPTS {
+            let mut temp = TempFile::write(&paths.dir, &stem, &[&record.encode()], false)?;
+            match fs::hard_link(&temp.path, &paths.claim) {
+                Ok(()) => return Ok(Claim::Acquired(token)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                // The directory was removed after the temp file was written.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).at("create the claim file", &paths.claim),
+            }
+            let outcome = with_locked_claim(&paths.claim, |current| match current {
+                Some(held) if held.is_live() => Ok(Claim::Held { until: held.until }),
+                stale => {
+                    debug!(claim = %paths.claim.display(), ?stale, "taking over an expired claim");
+                    temp.rename_to(&paths.claim)
+                        .at("replace the expired claim file", &paths.claim)?;
+                    Ok(Claim::Acquired(token.clone()))
+                }
+            })?;
+            if let Some(claim) = outcome {
+                return Ok(claim);
+            }
+            // The claim file was removed between the link and the lock: start over.
+        }
+        Err(io::Error::other("the claim file kept changing")).at("claim", &paths.claim)
+    }
+
+    /// Extends the claim if `token` holds it and it is live.
+    pub(crate) fn renew(&self, key: &Key, token: &ClaimToken, lease: Duration) -> FsResult<bool> {
+        let paths = KeyPaths::new(&self.root, key);
+        let renewed = with_locked_claim(&paths.claim, |current| match current {
+            Some(held) if held.token == *token && held.is_live() => {
+                let record = ClaimRecord {
+                    until: Timestamp::now().add(lease),
+                    token: token.clone(),
+                };
+                let stem = format!("{}.claim", paths.stem);
+                let mut temp = TempFile::write(&paths.dir, &stem, &[&record.encode()], false)?;
+                temp.rename_to(&paths.claim)
+                    .at("replace the claim file", &paths.claim)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        })?;
+        Ok(renewed.unwrap_or(false))
+    }
+
+    /// Ends the claim if `token` holds it; `true` if it did.
+    pub(crate) fn release(&self, key: &Key, token: &ClaimToken) -> FsResult<bool> {
+        let paths = KeyPaths::new(&self.root, key);
+        let released = with_locked_claim(&paths.claim, |current| match current {
+            Some(held) if held.token == *token => {
+                remove_if_exists(&paths.claim)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        })?;
+        Ok(released.unwrap_or(false))
+    }
+
+    /// Removes the entry file and any claim; `true` if there was an entry file.
+    pub(crate) fn remove(&self, key: &Key) -> FsResult<bool> {
+        let paths = KeyPaths::new(&self.root, key);
+        let had_value = remove_if_exists(&paths.entry)?;
+        end_claim(&paths.claim)?;
+        Ok(had_value)
+    }
+
+    /// Removes every entry and claim in one function directory, and the directory when nothing
+    /// else is left in it. Returns how many entry files were removed.
+    pub(crate) fn clear_dir(&self, dir: &Path) -> FsResult<u64> {
+        let mut removed = 0;
+        for (path, kind) in list(dir)? {
+            match kind {
+                FileKind::Entry => removed += u64::from(remove_if_exists(&path)?),
+                FileKind::Claim => {
+                    end_claim(&path)?;
+                }
+                FileKind::Temp => remove_if_old(&path)?,
+                FileKind::Foreign => debug!(path = %path.display(), "leaving a foreign file alone"),
+            }
+        }
+        // Fails, harmlessly, while a foreign file or a fresh temp file is still there.
+        let _ = fs::remove_dir(dir);
+        Ok(removed)
+    }
+
+    /// Ends every claim in one function directory; returns how many were live.
+    pub(crate) fn clear_claims_dir(&self, dir: &Path) -> FsResult<u64> {
+        let mut ended = 0;
+        for (path, kind) in list(dir)? {
+            if kind == FileKind::Claim {
+                ended += u64::from(end_claim(&path)?);
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Removes the entries of one function directory stored before `stored_before`, expired
+    /// claim files and old temp files. Returns how many entries were removed.
+    pub(crate) fn delete_stale_dir(&self, dir: &Path, stored_before: Timestamp) -> FsResult<u64> {
+        let mut removed = 0;
+        for (path, kind) in list(dir)? {
+            match kind {
+                FileKind::Entry => {
+                    removed += u64::from(remove_if_stale(dir, &path, stored_before)?)
+                }
+                FileKind::Claim => {
+                    with_locked_claim(&path, |current| match current {
+                        Some(held) if held.is_live() => Ok(()),
+                        _ => remove_if_exists(&path).map(drop),
+                    })?;
+                }
+                FileKind::Temp => remove_if_old(&path)?,
+                FileKind::Foreign => {}
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Clears every function directory of a namespace, then removes the namespace directory
+    /// with whatever else is in it. Returns how many entry files were removed.
+    pub(crate) fn clear_namespace_dir(&self, dir: &Path) -> FsResult<u64> {
+        let subdirs = match fs::read_dir(dir) {
+            Ok(items) => items,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).at("list", dir),
+        };
+        let mut removed = 0;
+        for item in subdirs {
+            let item = item.at("list", dir)?;
+            if item.file_type().at("inspect", &item.path())?.is_dir() {
+                removed += self.clear_dir(&item.path())?;
+            }
+        }
+        let mut attempt = 0;
+        loop {
+            match fs::remove_dir_all(dir) {
+                Ok(()) => return Ok(removed),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
+                // Another process wrote into the namespace meanwhile: sweep again.
+                Err(_) if attempt < MAX_ATTEMPTS => attempt += 1,
+                Err(e) => return Err(e).at("remove the namespace directory", dir),
+            }
+        }
+    }
+}
+
+/// Reads an entry file: `None` if it is missing or not a valid entry (logged).
+fn read_entry(path: &Path) -> FsResult<Option<(Timestamp, Bytes)>> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if is_missing(&e) => return Ok(None),
+        Err(e) => return Err(e).at("open", path),
+    };
+    let meta = file.metadata().at("inspect", path)?;
+    if !meta.is_file() {
+        warn!(path = %path.display(), "ignoring a cache entry that is not a regular file (a miss)");
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes).at("read", path)?;
+    let header = match decode_entry_header(&bytes) {
+        Ok(header) => header,
+        Err(reason) => {
+            warn!(path = %path.display(), reason, "ignoring an unreadable cache entry file (a miss)");
+            return Ok(None);
+        }
+    };
+    let value_len = (bytes.len() - ENTRY_HEADER_LEN) as u64;
+    if header.value_len != value_len {
+        warn!(
+            path = %path.display(),
+            expected = header.value_len,
+            found = value_len,
+            "ignoring a truncated or padded cache entry file (a miss)"
+        );
+        return Ok(None);
+    }
+    Ok(Some((
+        header.stored_at,
+        Bytes::from(bytes).slice(ENTRY_HEADER_LEN..),
+    )))
+}
+
+/// Reads the header of an entry file: `None` if it is missing, `Some(None)` if it is invalid.
+fn read_entry_header(path: &Path) -> FsResult<Option<Option<Timestamp>>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if is_missing(&e) => return Ok(None),
+        Err(e) => return Err(e).at("open", path),
+    };
+    let mut header = Vec::with_capacity(ENTRY_HEADER_LEN);
+    file.take(ENTRY_HEADER_LEN as u64)
+        .read_to_end(&mut header)
+        .at("read", path)?;
+    Ok(Some(decode_entry_header(&header).ok().map(|h| h.stored_at)))
+}
+
+/// Reads a claim file without locking it (claim files are never changed in place, only
+/// replaced or removed, so a read sees one whole record). `None` if missing or unreadable.
+fn read_claim(path: &Path) -> FsResult<Option<ClaimRecord>> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if is_missing(&e) => return Ok(None),
+        Err(e) => return Err(e).at("open", path),
+    };
+    let mut bytes = Vec::new();
+    file.take(CLAIM_MAX_LEN + 1)
+        .read_to_end(&mut bytes)
+        .at("read", path)?;
+    Ok(ClaimRecord::decode(&bytes))
+}
+
+/// Runs `f` on the record in the claim file at `path` while holding the file's lock, after
+/// checking that the locked file is still the one at `path`. Every change to an existing claim
+/// file (replace or remove) happens inside this, so the record `f` sees is the current one
+/// until `f` returns. `None` when there is no claim file.
+fn with_locked_claim<R>(
+    path: &Path,
+    f: impl FnOnce(Option<ClaimRecord>) -> FsResult<R>,
+) -> FsResult<Option<R>> {
+    for _ in 0..MAX_ATTEMPTS {
+        let mut file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(e).at("open", path),
+        };
+        lock(&file, path)?;
+        let locked = file.metadata().at("inspect", path)?;
+        match fs::metadata(path) {
+            Ok(current) if same_file(&locked, &current) => {}
+            // Replaced while we waited for the lock: lock the new one.
+            Ok(_) => continue,
+            Err(e) if is_missing(&e) => return Ok(None),
+            Err(e) => return Err(e).at("inspect", path),
+        }
+        let mut bytes = Vec::new();
+        (&mut file)
+            .take(CLAIM_MAX_LEN + 1)
+            .read_to_end(&mut bytes)
+            .at("read", path)?;
+        let result = f(ClaimRecord::decode(&bytes))?;
+        // Closing the file releases the lock.
+        drop(file);
+        return Ok(Some(result));
+    }
+    Err(io::Error::other("the claim file kept changing")).at("lock", path)
+}
+
+/// Removes the claim file whoever holds it; `true` if it held a live claim.
+fn end_claim(path: &Path) -> FsResult<bool> {
+    let ended = with_locked_claim(path, |current| {
+        remove_if_exists(path)?;
+        Ok(current.is_some_and(|held| held.is_live()))
+    })?;
+    Ok(ended.unwrap_or(false))
+}
+
+fn lock(file: &File, path: &Path) -> FsResult<()> {
+    let deadline = Instant::now() + LOCK_TIMEOUT;
+    let mut pause = Duration::from_micros(200);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(fs::TryLockError::WouldBlock) => {}
+            Err(fs::TryLockError::Error(e)) => return Err(e).at("lock", path),
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "another process held the claim file's lock for too long",
+            ))
+            .at("lock", path);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+#[cfg(unix)]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    // Without inode numbers in std, a replaced claim file is recognised by its creation time
+    // and length (replacements are new files).
+    a.len() == b.len()
+        && a.created().ok() == b.created().ok()
+        && a.modified().ok() == b.modified().ok()
+}
+
+/// Removes an entry file stored before `stored_before`. The file is first renamed aside, so a
+/// value stored concurrently (after the age check) is recognised and put back, never lost.
+fn remove_if_stale(dir: &Path, path: &Path, stored_before: Timestamp) -> FsResult<bool> {
+    match read_entry_header(path)? {
+        None => return Ok(false),
+        Some(Some(stored_at)) if stored_at >= stored_before => return Ok(false),
+        Some(_) => {}
+    }
+    let stem = path.file_name().and_then(|n| n.to_str()).unwrap_or("entry");
+    let aside = dir.join(temp_name(stem));
+    match fs::rename(path, &aside) {
+        Ok(()) => {}
+        Err(e) if is_missing(&e) => return Ok(false),
+        Err(e) => return Err(e).at("move aside", path),
+    }
+    let fresh = matches!(read_entry_header(&aside)?, Some(Some(t)) if t >= stored_before);
+    if fresh {
+        // Put it back unless an even newer value has been stored meanwhile.
+        match fs::hard_link(&aside, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                let _ = fs::remove_file(&aside);
+                return Err(e).at("put back", path);
+            }
+        }
+    }
+    remove_if_exists(&aside)?;
+    Ok(!fresh)
+}
+
+/// Removes a temp file not touched for [`TEMP_MAX_AGE`]: the leftover of a killed process.
+fn remove_if_old(path: &Path) -> FsResult<()> {
+    let modified = match fs::metadata(path).and_then(|m| m.modified()) {
+        Ok(modified) => modified,
+        Err(e) if is_missing(&e) => return Ok(()),
+        Err(e) => return Err(e).at("inspect", path),
+    };
+    let age = SystemTime::now()
+        .duration_since(modified)
+        .unwrap_or(Duration::ZERO);
+    if age > TEMP_MAX_AGE {
+        debug!(path = %path.display(), ?age, "removing a leftover temp file");
+        remove_if_exists(path)?;
+    }
+    Ok(())
+}
+
+/// The files of a function directory with their kinds; empty if the directory is missing.
+fn list(dir: &Path) -> FsResult<Vec<(PathBuf, FileKind)>> {
+    let items = match fs::read_dir(dir) {
+        Ok(items) => items,
+        Err(e) if is_missing(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(e).at("list", dir),
+    };
+    let mut files = Vec::new();
+    for item in items {
+        let item = item.at("list", dir)?;
+        files.push((item.path(), classify(&item.file_name())));
+    }
+    Ok(files)
+}
+
+/// Removes a file; `false` if it was already gone.
+fn remove_if_exists(path: &Path) -> FsResult<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if is_missing(&e) => Ok(false),
+        Err(e) => Err(e).at("remove", path),
+    }
+}
+
+fn sync_dir(dir: &Path) -> FsResult<()> {
+    // Directories cannot be opened for syncing on every platform; where they can, this makes
+    // the rename itself durable.
+    if cfg!(unix) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .at("sync the directory", dir)?;
+    }
+    Ok(())
+}
+
+/// Whether an error means the file (or a directory on its path) does not exist.
+fn is_missing(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    )
+}
+
+/// A temp file in a function directory, removed on drop unless renamed into place.
+struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempFile {
+    /// Writes `parts` to a new temp file in `dir`, creating `dir` if it is missing.
+    fn write(dir: &Path, stem: &str, parts: &[&[u8]], fsync: bool) -> FsResult<TempFile> {
+        let mut attempt = 0;
+        let (mut file, path) = loop {
+            let path = dir.join(temp_name(stem));
+            match OpenOptions::new().write(true).create_new(true).open(&path) {
+                Ok(file) => break (file, path),
+                Err(e) if is_missing(&e) && attempt < MAX_ATTEMPTS => {
+                    fs::create_dir_all(dir).at("create the directory", dir)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < MAX_ATTEMPTS => {}
+                Err(e) => return Err(e).at("create a temp file in", dir),
+            }
+            attempt += 1;
+        };
+        let temp = TempFile { path, keep: false };
+        for part in parts {
+            file.write_all(part).at("write", &temp.path)?;
+        }
+        if fsync {
+            file.sync_all().at("sync", &temp.path)?;
+        }
+        Ok(temp)
+    }
+
+    /// Renames the temp file to `target`, replacing whatever is there.
+    fn rename_to(&mut self, target: &Path) -> io::Result<()> {
+        fs::rename(&self.path, target)?;
+        self.keep = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
