@@ -200,9 +200,17 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(debug.contains("example.invalid:6390"), "{debug}");
         assert!(!debug.contains("pw"), "{debug}");
-        assert_eq!(config.client().get_connection_info().redis_settings().db(), 3);
+        assert_eq!(
+            config.client().get_connection_info().redis_settings().db(),
+            3
+        );
         assert!(Config::from_url("rediss://example.invalid:6390").is_ok());
-        for bad in ["", "example.invalid:6379", "http://x", "redis://x/notanumber"] {
+        for bad in [
+            "",
+            "example.invalid:6379",
+            "http://x",
+            "redis://x/notanumber",
+        ] {
             let err = Config::from_url(bad).unwrap_err();
             assert_eq!(err.kind(), cachier_core::ErrorKind::Config, "{bad:?}");
         }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cachier_core::{
-    Capabilities, Claim, ClaimToken, Core, Entry, Error, ErrorKind, FuncId, Key, Namespace,
-    Result, Timestamp,
+    Capabilities, Claim, ClaimToken, Core, Entry, Error, ErrorKind, FuncId, Key, Namespace, Result,
+    Timestamp,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, ServerErrorKind};
@@ -149,7 +149,11 @@ impl RedisCore {
     }
 
     fn config_address(&self) -> String {
-        self.config.client().get_connection_info().addr().to_string()
+        self.config
+            .client()
+            .get_connection_info()
+            .addr()
+            .to_string()
     }
 
     fn connection(&self) -> ConnectionManager {
@@ -159,7 +163,12 @@ impl RedisCore {
     /// Walks `SCAN MATCH pattern` and hands every batch of keys to `each`, which returns how
     /// many it counted. Keys `SCAN` reports twice are handled twice; `each` must count by what
     /// the server says it removed, so a duplicate counts zero.
-    async fn scan_batches<F, Fut>(&self, pattern: &str, operation: &'static str, mut each: F) -> Result<u64>
+    async fn scan_batches<F, Fut>(
+        &self,
+        pattern: &str,
+        operation: &'static str,
+        mut each: F,
+    ) -> Result<u64>
     where
         F: FnMut(Vec<Vec<u8>>) -> Fut,
         Fut: std::future::Future<Output = Result<u64>>,
@@ -255,9 +264,8 @@ fn expiry_from_pttl(pttl: i64, lease: Duration) -> Timestamp {
 fn redis_error(operation: &'static str, e: RedisError) -> Error {
     let kind = match e.kind() {
         redis::ErrorKind::Io => ErrorKind::Unavailable,
-        redis::ErrorKind::AuthenticationFailed | redis::ErrorKind::Server(ServerErrorKind::NoPerm) => {
-            ErrorKind::PermissionDenied
-        }
+        redis::ErrorKind::AuthenticationFailed
+        | redis::ErrorKind::Server(ServerErrorKind::NoPerm) => ErrorKind::PermissionDenied,
         redis::ErrorKind::InvalidClientConfig => ErrorKind::Config,
         redis::ErrorKind::Server(
             ServerErrorKind::BusyLoading

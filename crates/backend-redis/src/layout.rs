@@ -203,7 +203,9 @@ mod tests {
 
     #[test]
     fn patterns_match_only_their_own_function() {
-        let funcs = ["foo", "foo_bar", "foo*", "fo?", "f[o]o", "foo:bar", "foo\\", "foo%3A"];
+        let funcs = [
+            "foo", "foo_bar", "foo*", "fo?", "f[o]o", "foo:bar", "foo\\", "foo%3A",
+        ];
         for pattern_func in funcs {
             for key_func in funcs {
                 let k = key("ns", key_func);
@@ -235,9 +237,18 @@ mod tests {
     #[test]
     fn namespace_pattern_is_exact() {
         let pattern = namespace_pattern(&Namespace::new("app").unwrap());
-        assert!(glob_match(pattern.as_bytes(), entry_key(&key("app", "f")).as_bytes()));
-        assert!(!glob_match(pattern.as_bytes(), entry_key(&key("app2", "f")).as_bytes()));
-        assert!(!glob_match(pattern.as_bytes(), entry_key(&key("ap", "f")).as_bytes()));
+        assert!(glob_match(
+            pattern.as_bytes(),
+            entry_key(&key("app", "f")).as_bytes()
+        ));
+        assert!(!glob_match(
+            pattern.as_bytes(),
+            entry_key(&key("app2", "f")).as_bytes()
+        ));
+        assert!(!glob_match(
+            pattern.as_bytes(),
+            entry_key(&key("ap", "f")).as_bytes()
+        ));
     }
 
     #[test]
@@ -247,12 +258,14 @@ mod tests {
         assert_eq!(&packed[HEADER_LEN..], b"\x00\xffvalue");
         assert_eq!(unpack_header(b"hello world"), None);
         assert_eq!(unpack_header(&packed[..8]), None);
-        assert_eq!(claim_value_until(claim_value(Timestamp(42), "t:k").as_bytes()), Some(Timestamp(42)));
+        assert_eq!(
+            claim_value_until(claim_value(Timestamp(42), "t:k").as_bytes()),
+            Some(Timestamp(42))
+        );
         assert_eq!(claim_value_until(b"nonsense"), None);
     }
 
     fn fid(s: &str) -> FuncId {
         FuncId::new(s).unwrap()
     }
-
 }

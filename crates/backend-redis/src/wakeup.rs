@@ -210,8 +210,7 @@ async fn run(
                 },
             }
         }
-        let pubsub = match tokio::time::timeout(timeouts.connect, client.get_async_pubsub()).await
-        {
+        let pubsub = match tokio::time::timeout(timeouts.connect, client.get_async_pubsub()).await {
             Ok(Ok(pubsub)) => pubsub,
             Ok(Err(e)) => {
                 warn!(error = %e, "redis wake-up connection failed; waiters poll meanwhile");

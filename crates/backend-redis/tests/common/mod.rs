@@ -1,0 +1,205 @@
+//! Helpers shared by this crate's integration tests: the shared test server's URL, unique
+//! namespaces cleaned up by a drop guard, and private throwaway servers for fault tests.
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cachier_core::{ClaimToken, FuncId, Key, Namespace};
+use cachier_redis::{Config, RedisCore};
+
+/// The shared test server: `CACHIER_TEST_REDIS_URL`, else the local default.
+pub fn redis_url() -> String {
+    std::env::var("CACHIER_TEST_REDIS_URL").unwrap_or_else(|_| cachier_redis::DEFAULT_URL.into())
+}
+
+/// A namespace no other test (in this or another process) uses: `t_{pid}_{test}_{random}`.
+pub fn unique_namespace(test: &str) -> Namespace {
+    let token = ClaimToken::generate();
+    let random = &token.as_str()[..8];
+    let mut name = format!("t_{}_{}", std::process::id(), test);
+    name.truncate(64 - 9);
+    Namespace::new(format!("{name}_{random}")).expect("test names are valid namespace text")
+}
+
+/// Removes everything under a namespace when dropped, also when the test panicked. Uses a
+/// synchronous connection of its own, so it works during unwinding and outside any runtime.
+pub struct NamespaceGuard {
+    url: String,
+    pub namespace: Namespace,
+}
+
+impl NamespaceGuard {
+    pub fn new(url: &str, test: &str) -> Self {
+        NamespaceGuard {
+            url: url.to_string(),
+            namespace: unique_namespace(test),
+        }
+    }
+
+    /// The key of `func` called with `arg` in this namespace.
+    pub fn key(&self, func: &str, arg: u64) -> Key {
+        Key::for_args(&self.namespace, &func_id(func), &arg).expect("a u64 hashes")
+    }
+
+    /// How many Redis keys exist under the namespace (values and claims).
+    pub fn count_keys(&self) -> usize {
+        scan_namespace(&self.url, &self.namespace).len()
+    }
+}
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        let keys = scan_namespace(&self.url, &self.namespace);
+        if keys.is_empty() {
+            return;
+        }
+        let result = redis::Client::open(self.url.as_str())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .and_then(|mut c| redis::cmd("UNLINK").arg(&keys).query::<u64>(&mut c));
+        if let Err(e) = result {
+            eprintln!("cleanup of namespace {} failed: {e}", self.namespace);
+        }
+    }
+}
+
+fn scan_namespace(url: &str, namespace: &Namespace) -> Vec<Vec<u8>> {
+    let Ok(mut conn) = redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+    else {
+        return Vec::new();
+    };
+    let pattern = format!("{{{}:*", namespace.as_str());
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let Ok((next, batch)): redis::RedisResult<(u64, Vec<Vec<u8>>)> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut conn)
+        else {
+            return keys;
+        };
+        keys.extend(batch);
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+pub fn func_id(name: &str) -> FuncId {
+    FuncId::new(name).expect("test function ids are valid")
+}
+
+/// A core on `url` with settings suited to tests (short connect timeout).
+pub async fn core_at(url: &str) -> Arc<RedisCore> {
+    let config = Config::from_url(url)
+        .expect("test URL parses")
+        .with_connect_timeout(Duration::from_secs(2));
+    Arc::new(
+        RedisCore::connect(config)
+            .await
+            .expect("the test Redis server answers"),
+    )
+}
+
+/// A synchronous admin connection for checks behind the core's back.
+pub fn admin(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        .expect("admin connection to the test Redis server")
+}
+
+/// A throwaway `redis-server` on a free port in a temporary directory, with persistence off,
+/// stopped when dropped. Fault tests kill, stop and restart it; the shared server is never
+/// touched.
+pub struct PrivateServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let mut server = PrivateServer {
+            child: None,
+            port: free_port(),
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ping = redis::Client::open(self.url().as_str())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+            if ping.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "private redis-server did not start on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (empty, since persistence is off).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out a free port")
+}
