@@ -33,6 +33,7 @@ pub const POSTGRES_MAX_VALUE_BYTES: u64 = 1_000_000_000;
 /// What a MySQL/MariaDB statement needs besides the value itself; the value limit there is the
 /// server's `max_allowed_packet` less this (a `LONGBLOB` alone would hold 4 GiB).
 pub const MYSQL_PACKET_OVERHEAD: u64 = 64 * 1024;
+#[cfg(feature = "mysql")]
 const MYSQL_LONGBLOB_MAX: u64 = u32::MAX as u64;
 
 /// How often `claim` re-reads when it lost the race but then finds no live claim (the holder
