@@ -27,6 +27,8 @@ pub const MAX_VALUE_BYTES: u64 = 512 * 1024 * 1024 - layout::HEADER_LEN as u64;
 const POLL_START: Duration = Duration::from_millis(5);
 /// Longest pause of a waiter that cannot rely on pub/sub.
 const POLL_MAX: Duration = Duration::from_millis(200);
+/// How many failed reads in a row a waiter tolerates after its first successful one.
+const WAIT_READ_RETRIES: u32 = 3;
 /// Slack after a claim's expiry before a waiter re-reads, so the key is gone when it looks.
 const EXPIRY_SLACK: Duration = Duration::from_millis(2);
 
@@ -429,8 +431,27 @@ impl Core for RedisCore {
             )
             .await;
         let mut poll = POLL_START;
+        let mut failures = 0;
+        let mut first_read = true;
         loop {
-            let entry = self.get(key).await?;
+            let entry = match self.get(key).await {
+                Ok(entry) => entry,
+                // A server that cannot be read at the start fails the wait at once. One that
+                // fails mid-wait (a restart, a dropped connection) gets a few more reads.
+                Err(e) if !first_read && failures < WAIT_READ_RETRIES => {
+                    failures += 1;
+                    warn!(%key, error = %e, "redis read failed while waiting; retrying");
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(POLL_MAX.min(deadline - now)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            first_read = false;
+            failures = 0;
             let Some(claim_until) = entry.as_ref().and_then(|e| e.claim_until) else {
                 return Ok(entry);
             };
