@@ -112,7 +112,10 @@ impl Config {
         let url = url.trim();
         let target = if url == "sqlite::memory:" || url == "sqlite://:memory:" {
             Target::SqliteMemory
-        } else if let Some(rest) = url.strip_prefix("sqlite://").or(url.strip_prefix("sqlite:")) {
+        } else if let Some(rest) = url
+            .strip_prefix("sqlite://")
+            .or(url.strip_prefix("sqlite:"))
+        {
             if rest.is_empty() {
                 return Err(Error::config("a sqlite URL needs a path: sqlite://PATH"));
             }
@@ -296,7 +299,12 @@ mod tests {
             let err = validate_table_name(bad).expect_err(bad);
             assert_eq!(err.kind(), ErrorKind::Config, "{bad:?}");
         }
-        for good in ["cachier_entries", "_t", "t1", &"t".repeat(MAX_TABLE_NAME_LEN)] {
+        for good in [
+            "cachier_entries",
+            "_t",
+            "t1",
+            &"t".repeat(MAX_TABLE_NAME_LEN),
+        ] {
             assert!(validate_table_name(good).is_ok(), "{good:?} refused");
         }
     }
@@ -335,7 +343,10 @@ mod tests {
             redact("postgres://user:secret@host:5432/db"),
             "postgres://user:***@host:5432/db"
         );
-        assert_eq!(redact("mysql://root@127.0.0.1/test"), "mysql://root@127.0.0.1/test");
+        assert_eq!(
+            redact("mysql://root@127.0.0.1/test"),
+            "mysql://root@127.0.0.1/test"
+        );
         let config = Config {
             target: Target::Postgres("postgres://u:pw@h/db".into()),
             table: DEFAULT_TABLE.into(),

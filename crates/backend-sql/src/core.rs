@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cachier_core::{
-    Capabilities, Claim, ClaimToken, Core, Entry, Error, ErrorKind, FuncId, Key, Namespace,
-    Result, Timestamp,
+    Capabilities, Claim, ClaimToken, Core, Entry, Error, ErrorKind, FuncId, Key, Namespace, Result,
+    Timestamp,
 };
 use diesel::r2d2::{self, ManageConnection, PoolError, R2D2Connection};
 use diesel::result::{DatabaseErrorKind, Error as DieselError, QueryResult};
@@ -338,8 +338,10 @@ impl Core for SqlCore {
 
     async fn clear(&self, namespace: &Namespace, func: &FuncId) -> Result<u64> {
         let scope = Scope::function(namespace, func);
-        self.run("clear", scope.describe(), move |c, sql| c.clear(sql, &scope))
-            .await
+        self.run("clear", scope.describe(), move |c, sql| {
+            c.clear(sql, &scope)
+        })
+        .await
     }
 
     async fn clear_claims(&self, namespace: &Namespace, func: &FuncId) -> Result<u64> {
@@ -437,7 +439,8 @@ impl Statements {
         let key = "namespace = ? AND function_id = ? AND arg_hash = ?";
         let func = "namespace = ? AND function_id = ?";
         let ns = "namespace = ?";
-        let columns = "(namespace, function_id, arg_hash, value, stored_at, claim_until, claim_token)";
+        let columns =
+            "(namespace, function_id, arg_hash, value, stored_at, claim_until, claim_token)";
         let (set, claim) = match dialect {
             Dialect::Mysql => (
                 format!(
@@ -493,12 +496,12 @@ impl Statements {
                 "UPDATE {t} SET claim_until = NULL, claim_token = NULL \
                  WHERE {key} AND claim_token = ?"
             )),
-            remove_value: p(format!(
-                "DELETE FROM {t} WHERE {key} AND value IS NOT NULL"
-            )),
+            remove_value: p(format!("DELETE FROM {t} WHERE {key} AND value IS NOT NULL")),
             remove_rest: p(format!("DELETE FROM {t} WHERE {key}")),
             clear_values: [
-                p(format!("DELETE FROM {t} WHERE {func} AND value IS NOT NULL")),
+                p(format!(
+                    "DELETE FROM {t} WHERE {func} AND value IS NOT NULL"
+                )),
                 p(format!("DELETE FROM {t} WHERE {ns} AND value IS NOT NULL")),
             ],
             clear_rest: [
@@ -508,9 +511,7 @@ impl Statements {
             claims_delete_live: p(format!(
                 "DELETE FROM {t} WHERE {func} AND value IS NULL AND claim_until > ?"
             )),
-            claims_delete_rest: p(format!(
-                "DELETE FROM {t} WHERE {func} AND value IS NULL"
-            )),
+            claims_delete_rest: p(format!("DELETE FROM {t} WHERE {func} AND value IS NULL")),
             claims_end_live: p(format!(
                 "UPDATE {t} SET claim_until = NULL, claim_token = NULL \
                  WHERE {func} AND claim_until > ?"
@@ -576,8 +577,13 @@ struct ClaimRow {
 /// connection type by `impl_ops!`, so the code exists once.
 trait Ops {
     fn get(&mut self, sql: &Statements, k: &KeyParts) -> QueryResult<Option<EntryRow>>;
-    fn set(&mut self, sql: &Statements, k: &KeyParts, value: &[u8], stored_at: i64)
-    -> QueryResult<()>;
+    fn set(
+        &mut self,
+        sql: &Statements,
+        k: &KeyParts,
+        value: &[u8],
+        stored_at: i64,
+    ) -> QueryResult<()>;
     /// One atomic statement; `true` if `token` now holds the claim.
     fn try_claim(
         &mut self,
@@ -656,9 +662,7 @@ macro_rules! impl_ops {
                     .bind::<BigInt, _>(now);
                 if sql.claim_returns {
                     let rows: Vec<ClaimRow> = query.load(self)?;
-                    Ok(rows
-                        .iter()
-                        .any(|r| r.claim_token.as_deref() == Some(token)))
+                    Ok(rows.iter().any(|r| r.claim_token.as_deref() == Some(token)))
                 } else {
                     query.execute(self)?;
                     let state = self.claim_state(sql, k)?;
@@ -994,8 +998,9 @@ enum DbError {
 impl DbError {
     fn into_error(self, operation: &'static str, backend: &'static str, on: &str) -> Error {
         let error = match self {
-            DbError::Pool(e) => Error::unavailable("no database connection within the timeout")
-                .with_source(e),
+            DbError::Pool(e) => {
+                Error::unavailable("no database connection within the timeout").with_source(e)
+            }
             DbError::NoLiveConnection => {
                 Error::unavailable("no live database connection after a connection was lost")
             }
@@ -1139,10 +1144,9 @@ fn migrate_mysql(pool: &r2d2::Pool<Manager<MysqlConnection>>, table: &str) -> Re
     let outcome = c
         .run_pending_migrations(Migrations::mysql(table))
         .map(|applied| applied.len());
-    let unlock: QueryResult<Vec<Number>> =
-        sql_query("SELECT CAST(RELEASE_LOCK(?) AS SIGNED) AS n")
-            .bind::<Text, _>(MYSQL_MIGRATION_LOCK)
-            .load(c);
+    let unlock: QueryResult<Vec<Number>> = sql_query("SELECT CAST(RELEASE_LOCK(?) AS SIGNED) AS n")
+        .bind::<Text, _>(MYSQL_MIGRATION_LOCK)
+        .load(c);
     let applied = outcome.map_err(DbError::Migration)?;
     unlock.map_err(DbError::Query)?;
     tracing::debug!(applied, table, "mysql migrations");

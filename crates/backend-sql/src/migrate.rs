@@ -153,7 +153,11 @@ mod tests {
         for t in all {
             assert!(t.up.contains("__TABLE__"), "{} up", t.number);
             assert!(t.down.contains("__TABLE__"), "{} down", t.number);
-            assert!(!t.up.contains("cachier_entries"), "{} hard-codes a table", t.number);
+            assert!(
+                !t.up.contains("cachier_entries"),
+                "{} hard-codes a table",
+                t.number
+            );
         }
     }
 }

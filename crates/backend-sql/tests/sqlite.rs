@@ -33,7 +33,10 @@ async fn memory_database_is_single_process_and_keeps_its_data() {
     assert!(!caps.persistent);
     let t = TestNamespace::new(core, "memory");
     let key = t.key("mem::f", 1);
-    t.core.set(&key, Bytes::from_static(b"m"), Timestamp::now()).await.unwrap();
+    t.core
+        .set(&key, Bytes::from_static(b"m"), Timestamp::now())
+        .await
+        .unwrap();
     // Many operations at once share the single connection and see the same database.
     let reads: Vec<_> = (0..8)
         .map(|_| {
@@ -63,15 +66,42 @@ async fn a_configured_limit_is_exact() {
         .max_value_bytes(1 << 20);
     let t = TestNamespace::new(SqlCore::connect(config).await.unwrap(), "cfg_limit");
     let key = t.key("limit::f", 1);
-    t.core.set(&key, Bytes::from(vec![7u8; 1 << 20]), Timestamp::now()).await.unwrap();
-    assert_eq!(t.core.get(&key).await.unwrap().unwrap().value.unwrap().len(), 1 << 20);
+    t.core
+        .set(&key, Bytes::from(vec![7u8; 1 << 20]), Timestamp::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        t.core
+            .get(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .unwrap()
+            .len(),
+        1 << 20
+    );
     let err = t
         .core
-        .set(&key, Bytes::from(vec![7u8; (1 << 20) + 1]), Timestamp::now())
+        .set(
+            &key,
+            Bytes::from(vec![7u8; (1 << 20) + 1]),
+            Timestamp::now(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::TooLarge);
-    assert_eq!(t.core.get(&key).await.unwrap().unwrap().value.unwrap().len(), 1 << 20);
+    assert_eq!(
+        t.core
+            .get(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .value
+            .unwrap()
+            .len(),
+        1 << 20
+    );
 }
 
 /// SQLite really stores a value of exactly [`SQLITE_MAX_VALUE_BYTES`] (about 1 GB).
@@ -85,7 +115,10 @@ async fn a_value_at_the_sqlite_limit_is_stored() {
     let mut value = vec![0u8; size];
     value[0] = 1;
     value[size - 1] = 2;
-    t.core.set(&key, Bytes::from(value), Timestamp::now()).await.unwrap();
+    t.core
+        .set(&key, Bytes::from(value), Timestamp::now())
+        .await
+        .unwrap();
     let got = t.core.get(&key).await.unwrap().unwrap().value.unwrap();
     assert_eq!(got.len(), size);
     assert_eq!((got[0], got[size - 1]), (1, 2));
@@ -93,8 +126,16 @@ async fn a_value_at_the_sqlite_limit_is_stored() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hostile_table_name_is_refused() {
-    for name in ["x; DROP TABLE cachier_entries", "\"x\"", "X", "sqlite_master"] {
-        let err = Config::from_url("sqlite::memory:").unwrap().table(name).unwrap_err();
+    for name in [
+        "x; DROP TABLE cachier_entries",
+        "\"x\"",
+        "X",
+        "sqlite_master",
+    ] {
+        let err = Config::from_url("sqlite::memory:")
+            .unwrap()
+            .table(name)
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Config, "{name:?}");
     }
 }
@@ -118,14 +159,19 @@ async fn migrations_race_across_processes() {
         ))
         .load(&mut conn)
         .unwrap();
-        let values: Vec<support::Count> = sql_query(format!("SELECT COUNT(*) AS n FROM \"{table}\""))
-            .load(&mut conn)
-            .unwrap();
+        let values: Vec<support::Count> =
+            sql_query(format!("SELECT COUNT(*) AS n FROM \"{table}\""))
+                .load(&mut conn)
+                .unwrap();
         (rows[0].n, values[0].n)
     })
     .await
     .unwrap();
-    assert_eq!(count, (1, 0), "one recorded migration; the children cleaned up their rows");
+    assert_eq!(
+        count,
+        (1, 0),
+        "one recorded migration; the children cleaned up their rows"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -136,13 +182,22 @@ async fn concurrent_writers_wait_for_each_other() {
             let core = t.core.clone();
             let key = t.key("writers::f", i);
             tokio::spawn(async move {
-                core.set(&key, Bytes::from(vec![i as u8; 1024]), Timestamp::now()).await?;
+                core.set(&key, Bytes::from(vec![i as u8; 1024]), Timestamp::now())
+                    .await?;
                 core.claim(&key, Duration::from_secs(5)).await
             })
         })
         .collect();
     for task in tasks {
-        task.await.unwrap().expect("writers take turns instead of failing with SQLITE_BUSY");
+        task.await
+            .unwrap()
+            .expect("writers take turns instead of failing with SQLITE_BUSY");
     }
-    assert_eq!(t.core.clear(&t.namespace, &t.func("writers::f")).await.unwrap(), 32);
+    assert_eq!(
+        t.core
+            .clear(&t.namespace, &t.func("writers::f"))
+            .await
+            .unwrap(),
+        32
+    );
 }

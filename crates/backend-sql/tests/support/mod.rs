@@ -46,8 +46,13 @@ pub struct TestNamespace {
 
 impl TestNamespace {
     pub fn new(core: SqlCore, test: &str) -> Self {
-        let namespace = Namespace::new(unique(&format!("t_{test}")).chars().take(64).collect::<String>())
-            .expect("test namespaces are valid");
+        let namespace = Namespace::new(
+            unique(&format!("t_{test}"))
+                .chars()
+                .take(64)
+                .collect::<String>(),
+        )
+        .expect("test namespaces are valid");
         TestNamespace { core, namespace }
     }
 
@@ -110,12 +115,22 @@ macro_rules! backend_checks {
                 let key = t.key("app::f", 1);
                 assert_eq!(t.core.get(&key).await.unwrap(), None);
                 let at = Timestamp::now();
-                t.core.set(&key, Bytes::from_static(b"v1"), at).await.unwrap();
+                t.core
+                    .set(&key, Bytes::from_static(b"v1"), at)
+                    .await
+                    .unwrap();
                 let entry = t.core.get(&key).await.unwrap().expect("stored");
                 assert_eq!(entry.value.as_deref(), Some(&b"v1"[..]));
                 assert_eq!(entry.stored_at, at);
                 assert_eq!(entry.claim_until, None);
-                t.core.set(&key, Bytes::from_static(b"v2"), at.add(Duration::from_millis(5))).await.unwrap();
+                t.core
+                    .set(
+                        &key,
+                        Bytes::from_static(b"v2"),
+                        at.add(Duration::from_millis(5)),
+                    )
+                    .await
+                    .unwrap();
                 let entry = t.core.get(&key).await.unwrap().expect("stored");
                 assert_eq!(entry.value.as_deref(), Some(&b"v2"[..]));
                 assert_eq!(entry.stored_at, at.add(Duration::from_millis(5)));
@@ -126,12 +141,29 @@ macro_rules! backend_checks {
                 let t = scope("binary").await;
                 let every_byte: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
                 let key = t.key("app::bytes", 1);
-                t.core.set(&key, Bytes::from(every_byte.clone()), Timestamp::now()).await.unwrap();
-                let got = t.core.get(&key).await.unwrap().and_then(|e| e.value).expect("value");
+                t.core
+                    .set(&key, Bytes::from(every_byte.clone()), Timestamp::now())
+                    .await
+                    .unwrap();
+                let got = t
+                    .core
+                    .get(&key)
+                    .await
+                    .unwrap()
+                    .and_then(|e| e.value)
+                    .expect("value");
                 assert_eq!(&got[..], &every_byte[..]);
                 let empty = t.key("app::bytes", 2);
-                t.core.set(&empty, Bytes::new(), Timestamp::now()).await.unwrap();
-                let got = t.core.get(&empty).await.unwrap().expect("empty value is a value");
+                t.core
+                    .set(&empty, Bytes::new(), Timestamp::now())
+                    .await
+                    .unwrap();
+                let got = t
+                    .core
+                    .get(&empty)
+                    .await
+                    .unwrap()
+                    .expect("empty value is a value");
                 assert_eq!(got.value.as_deref(), Some(&b""[..]));
             }
 
@@ -142,8 +174,17 @@ macro_rules! backend_checks {
                 assert!(t.core.max_value_bytes() >= size as u64);
                 let value: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
                 let key = t.key("app::large", 1);
-                t.core.set(&key, Bytes::from(value.clone()), Timestamp::now()).await.unwrap();
-                let got = t.core.get(&key).await.unwrap().and_then(|e| e.value).expect("value");
+                t.core
+                    .set(&key, Bytes::from(value.clone()), Timestamp::now())
+                    .await
+                    .unwrap();
+                let got = t
+                    .core
+                    .get(&key)
+                    .await
+                    .unwrap()
+                    .and_then(|e| e.value)
+                    .expect("value");
                 assert_eq!(got.len(), size);
                 assert!(got[..] == value[..]);
             }
@@ -179,7 +220,12 @@ macro_rules! backend_checks {
             async fn an_expired_claim_can_be_taken_and_the_old_token_is_powerless() {
                 let t = scope("lease").await;
                 let key = t.key("app::lease", 1);
-                let Claim::Acquired(old) = t.core.claim(&key, Duration::from_millis(200)).await.unwrap() else {
+                let Claim::Acquired(old) = t
+                    .core
+                    .claim(&key, Duration::from_millis(200))
+                    .await
+                    .unwrap()
+                else {
                     panic!("a cold key is claimable");
                 };
                 assert!(matches!(
@@ -187,14 +233,37 @@ macro_rules! backend_checks {
                     Claim::Held { .. }
                 ));
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                assert_eq!(t.core.get(&key).await.unwrap(), None, "an expired claim alone is no entry");
-                let Claim::Acquired(new) = t.core.claim(&key, Duration::from_secs(5)).await.unwrap() else {
+                assert_eq!(
+                    t.core.get(&key).await.unwrap(),
+                    None,
+                    "an expired claim alone is no entry"
+                );
+                let Claim::Acquired(new) =
+                    t.core.claim(&key, Duration::from_secs(5)).await.unwrap()
+                else {
                     panic!("an expired claim is claimable");
                 };
-                assert!(!t.core.renew(&key, &old, Duration::from_secs(60)).await.unwrap());
+                assert!(
+                    !t.core
+                        .renew(&key, &old, Duration::from_secs(60))
+                        .await
+                        .unwrap()
+                );
                 t.core.release(&key, &old).await.unwrap();
-                assert!(t.core.get(&key).await.unwrap().expect("still claimed").is_claimed());
-                assert!(t.core.renew(&key, &new, Duration::from_secs(60)).await.unwrap());
+                assert!(
+                    t.core
+                        .get(&key)
+                        .await
+                        .unwrap()
+                        .expect("still claimed")
+                        .is_claimed()
+                );
+                assert!(
+                    t.core
+                        .renew(&key, &new, Duration::from_secs(60))
+                        .await
+                        .unwrap()
+                );
                 t.core.release(&key, &new).await.unwrap();
                 assert_eq!(t.core.get(&key).await.unwrap(), None);
             }
@@ -203,21 +272,52 @@ macro_rules! backend_checks {
             async fn only_the_holder_renews_and_releases() {
                 let t = scope("holder").await;
                 let key = t.key("app::holder", 1);
-                t.core.set(&key, Bytes::from_static(b"old"), Timestamp::now()).await.unwrap();
-                let Claim::Acquired(token) = t.core.claim(&key, Duration::from_secs(2)).await.unwrap() else {
+                t.core
+                    .set(&key, Bytes::from_static(b"old"), Timestamp::now())
+                    .await
+                    .unwrap();
+                let Claim::Acquired(token) =
+                    t.core.claim(&key, Duration::from_secs(2)).await.unwrap()
+                else {
                     panic!("claimable");
                 };
                 let stranger = ClaimToken::generate();
-                assert!(!t.core.renew(&key, &stranger, Duration::from_secs(60)).await.unwrap());
+                assert!(
+                    !t.core
+                        .renew(&key, &stranger, Duration::from_secs(60))
+                        .await
+                        .unwrap()
+                );
                 t.core.release(&key, &stranger).await.unwrap();
                 let entry = t.core.get(&key).await.unwrap().unwrap();
-                assert_eq!(entry.value.as_deref(), Some(&b"old"[..]), "the value stays readable");
+                assert_eq!(
+                    entry.value.as_deref(),
+                    Some(&b"old"[..]),
+                    "the value stays readable"
+                );
                 let until = entry.claim_until.expect("claim still live");
                 assert!(until <= Timestamp::now().add(Duration::from_secs(2)));
                 // Renewing twice in the same millisecond must still say yes.
-                assert!(t.core.renew(&key, &token, Duration::from_secs(60)).await.unwrap());
-                assert!(t.core.renew(&key, &token, Duration::from_secs(60)).await.unwrap());
-                let until = t.core.get(&key).await.unwrap().unwrap().claim_until.unwrap();
+                assert!(
+                    t.core
+                        .renew(&key, &token, Duration::from_secs(60))
+                        .await
+                        .unwrap()
+                );
+                assert!(
+                    t.core
+                        .renew(&key, &token, Duration::from_secs(60))
+                        .await
+                        .unwrap()
+                );
+                let until = t
+                    .core
+                    .get(&key)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .claim_until
+                    .unwrap();
                 assert!(until > Timestamp::now().add(Duration::from_secs(50)));
                 t.core.release(&key, &token).await.unwrap();
                 let entry = t.core.get(&key).await.unwrap().unwrap();
@@ -229,13 +329,23 @@ macro_rules! backend_checks {
             async fn set_ends_the_claim() {
                 let t = scope("set_ends").await;
                 let key = t.key("app::set_ends", 1);
-                let Claim::Acquired(token) = t.core.claim(&key, Duration::from_secs(60)).await.unwrap() else {
+                let Claim::Acquired(token) =
+                    t.core.claim(&key, Duration::from_secs(60)).await.unwrap()
+                else {
                     panic!("claimable");
                 };
-                t.core.set(&key, Bytes::from_static(b"v"), Timestamp::now()).await.unwrap();
+                t.core
+                    .set(&key, Bytes::from_static(b"v"), Timestamp::now())
+                    .await
+                    .unwrap();
                 let entry = t.core.get(&key).await.unwrap().unwrap();
                 assert_eq!(entry.claim_until, None);
-                assert!(!t.core.renew(&key, &token, Duration::from_secs(60)).await.unwrap());
+                assert!(
+                    !t.core
+                        .renew(&key, &token, Duration::from_secs(60))
+                        .await
+                        .unwrap()
+                );
                 assert!(matches!(
                     t.core.claim(&key, Duration::from_secs(60)).await.unwrap(),
                     Claim::Acquired(_)
@@ -247,12 +357,23 @@ macro_rules! backend_checks {
                 let t = scope("remove").await;
                 let key = t.key("app::remove", 1);
                 assert!(!t.core.remove(&key).await.unwrap());
-                let Claim::Acquired(_) = t.core.claim(&key, Duration::from_secs(60)).await.unwrap() else {
+                let Claim::Acquired(_) = t.core.claim(&key, Duration::from_secs(60)).await.unwrap()
+                else {
                     panic!("claimable");
                 };
-                assert!(!t.core.remove(&key).await.unwrap(), "a claim alone is no value");
-                assert_eq!(t.core.get(&key).await.unwrap(), None, "remove ends the claim too");
-                t.core.set(&key, Bytes::from_static(b"v"), Timestamp::now()).await.unwrap();
+                assert!(
+                    !t.core.remove(&key).await.unwrap(),
+                    "a claim alone is no value"
+                );
+                assert_eq!(
+                    t.core.get(&key).await.unwrap(),
+                    None,
+                    "remove ends the claim too"
+                );
+                t.core
+                    .set(&key, Bytes::from_static(b"v"), Timestamp::now())
+                    .await
+                    .unwrap();
                 assert!(t.core.remove(&key).await.unwrap());
                 assert_eq!(t.core.get(&key).await.unwrap(), None);
             }
@@ -282,7 +403,13 @@ macro_rules! backend_checks {
                             .unwrap();
                     }
                     assert_eq!(
-                        t.core.get(&t.key(id, 0)).await.unwrap().unwrap().value.as_deref(),
+                        t.core
+                            .get(&t.key(id, 0))
+                            .await
+                            .unwrap()
+                            .unwrap()
+                            .value
+                            .as_deref(),
                         Some(format!("{id}/0").as_bytes()),
                         "function {i} {id:?}"
                     );
@@ -307,8 +434,14 @@ macro_rules! backend_checks {
             async fn namespaces_are_isolated() {
                 let a = scope("iso_a").await;
                 let b = scope("iso_b").await;
-                a.core.set(&a.key("f", 1), Bytes::from_static(b"a"), Timestamp::now()).await.unwrap();
-                b.core.set(&b.key("f", 1), Bytes::from_static(b"b"), Timestamp::now()).await.unwrap();
+                a.core
+                    .set(&a.key("f", 1), Bytes::from_static(b"a"), Timestamp::now())
+                    .await
+                    .unwrap();
+                b.core
+                    .set(&b.key("f", 1), Bytes::from_static(b"b"), Timestamp::now())
+                    .await
+                    .unwrap();
                 assert_eq!(a.core.clear_namespace(&a.namespace).await.unwrap(), 1);
                 assert_eq!(a.core.get(&a.key("f", 1)).await.unwrap(), None);
                 let other = b.core.get(&b.key("f", 1)).await.unwrap().unwrap();
@@ -321,20 +454,35 @@ macro_rules! backend_checks {
                 let with_value = t.key("app::cc", 1);
                 let claim_only = t.key("app::cc", 2);
                 let sibling = t.key("app::cc2", 1);
-                t.core.set(&with_value, Bytes::from_static(b"v"), Timestamp::now()).await.unwrap();
+                t.core
+                    .set(&with_value, Bytes::from_static(b"v"), Timestamp::now())
+                    .await
+                    .unwrap();
                 for key in [&with_value, &claim_only, &sibling] {
                     assert!(matches!(
                         t.core.claim(key, Duration::from_secs(60)).await.unwrap(),
                         Claim::Acquired(_)
                     ));
                 }
-                assert_eq!(t.core.clear_claims(&t.namespace, &t.func("app::cc")).await.unwrap(), 2);
+                assert_eq!(
+                    t.core
+                        .clear_claims(&t.namespace, &t.func("app::cc"))
+                        .await
+                        .unwrap(),
+                    2
+                );
                 let entry = t.core.get(&with_value).await.unwrap().unwrap();
                 assert_eq!(entry.value.as_deref(), Some(&b"v"[..]));
                 assert_eq!(entry.claim_until, None);
                 assert_eq!(t.core.get(&claim_only).await.unwrap(), None);
                 assert!(t.core.get(&sibling).await.unwrap().unwrap().is_claimed());
-                assert_eq!(t.core.clear_claims(&t.namespace, &t.func("app::cc")).await.unwrap(), 0);
+                assert_eq!(
+                    t.core
+                        .clear_claims(&t.namespace, &t.func("app::cc"))
+                        .await
+                        .unwrap(),
+                    0
+                );
             }
 
             #[tokio::test(flavor = "multi_thread")]
@@ -346,17 +494,45 @@ macro_rules! backend_checks {
                 let fresh = t.key("app::st", 3);
                 let sibling_old = t.key("app::st_other", 1);
                 let hour = Duration::from_secs(3600);
-                t.core.set(&old, Bytes::from_static(b"o"), now.sub(hour)).await.unwrap();
-                t.core.set(&old_claimed, Bytes::from_static(b"o"), now.sub(hour)).await.unwrap();
-                t.core.set(&fresh, Bytes::from_static(b"f"), now).await.unwrap();
-                t.core.set(&sibling_old, Bytes::from_static(b"o"), now.sub(hour)).await.unwrap();
-                let Claim::Acquired(_) = t.core.claim(&old_claimed, Duration::from_secs(60)).await.unwrap() else {
+                t.core
+                    .set(&old, Bytes::from_static(b"o"), now.sub(hour))
+                    .await
+                    .unwrap();
+                t.core
+                    .set(&old_claimed, Bytes::from_static(b"o"), now.sub(hour))
+                    .await
+                    .unwrap();
+                t.core
+                    .set(&fresh, Bytes::from_static(b"f"), now)
+                    .await
+                    .unwrap();
+                t.core
+                    .set(&sibling_old, Bytes::from_static(b"o"), now.sub(hour))
+                    .await
+                    .unwrap();
+                let Claim::Acquired(_) = t
+                    .core
+                    .claim(&old_claimed, Duration::from_secs(60))
+                    .await
+                    .unwrap()
+                else {
                     panic!("claimable");
                 };
                 let cutoff = now.sub(Duration::from_secs(60));
-                assert_eq!(t.core.delete_stale(&t.namespace, &t.func("app::st"), cutoff).await.unwrap(), 2);
+                assert_eq!(
+                    t.core
+                        .delete_stale(&t.namespace, &t.func("app::st"), cutoff)
+                        .await
+                        .unwrap(),
+                    2
+                );
                 assert_eq!(t.core.get(&old).await.unwrap(), None);
-                let claimed = t.core.get(&old_claimed).await.unwrap().expect("the claim stays");
+                let claimed = t
+                    .core
+                    .get(&old_claimed)
+                    .await
+                    .unwrap()
+                    .expect("the claim stays");
                 assert_eq!(claimed.value, None);
                 assert!(claimed.is_claimed());
                 assert!(t.core.get(&fresh).await.unwrap().is_some());
@@ -381,18 +557,32 @@ macro_rules! backend_checks {
             async fn wait_returns_once_the_claim_ends() {
                 let t = scope("wait").await;
                 let key = t.key("app::wait", 1);
-                let Claim::Acquired(_) = t.core.claim(&key, Duration::from_secs(60)).await.unwrap() else {
+                let Claim::Acquired(_) = t.core.claim(&key, Duration::from_secs(60)).await.unwrap()
+                else {
                     panic!("claimable");
                 };
-                let timed_out = t.core.wait(&key, Duration::from_millis(100)).await.unwrap().unwrap();
+                let timed_out = t
+                    .core
+                    .wait(&key, Duration::from_millis(100))
+                    .await
+                    .unwrap()
+                    .unwrap();
                 assert!(timed_out.is_claimed());
                 let setter = t.core.clone();
                 let set_key = key.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    setter.set(&set_key, Bytes::from_static(b"done"), Timestamp::now()).await.unwrap();
+                    setter
+                        .set(&set_key, Bytes::from_static(b"done"), Timestamp::now())
+                        .await
+                        .unwrap();
                 });
-                let entry = t.core.wait(&key, Duration::from_secs(10)).await.unwrap().unwrap();
+                let entry = t
+                    .core
+                    .wait(&key, Duration::from_secs(10))
+                    .await
+                    .unwrap()
+                    .unwrap();
                 assert_eq!(entry.value.as_deref(), Some(&b"done"[..]));
             }
         }
@@ -413,11 +603,17 @@ pub async fn child_migrates() -> bool {
     let config = cachier_sql::Config::from_url(&url)
         .and_then(|c| c.table(&table))
         .expect("the parent passes a valid URL and table");
-    let core = SqlCore::connect(config).await.expect("migrating in a child process");
+    let core = SqlCore::connect(config)
+        .await
+        .expect("migrating in a child process");
     let t = TestNamespace::new(core, "child");
     let key = t.key("child::f", u64::from(std::process::id()));
     t.core
-        .set(&key, cachier_core::Bytes::from_static(b"x"), cachier_core::Timestamp::now())
+        .set(
+            &key,
+            cachier_core::Bytes::from_static(b"x"),
+            cachier_core::Timestamp::now(),
+        )
         .await
         .expect("set after migrating");
     assert!(t.core.get(&key).await.expect("get").is_some());
