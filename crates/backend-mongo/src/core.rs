@@ -412,15 +412,18 @@ impl Core for MongoCore {
         let collection = self.collection(&key.namespace);
         let mut holder = key_filter(key);
         holder.insert(field::CLAIM_TOKEN, token.as_str());
-        // A document that only carried the claim goes away with it.
-        let mut claim_only = holder.clone();
-        claim_only.insert(field::VALUE, doc! { "$exists": false });
-        let deleted = self
-            .run("release", key, collection.delete_one(claim_only))
+        let update = doc! { "$unset": { field::CLAIM_UNTIL: "", field::CLAIM_TOKEN: "" } };
+        // After a `set` the token no longer matches: one round trip does nothing.
+        let released = self
+            .run("release", key, collection.update_one(holder, update))
             .await?;
-        if deleted.deleted_count == 0 {
-            let update = doc! { "$unset": { field::CLAIM_UNTIL: "", field::CLAIM_TOKEN: "" } };
-            self.run("release", key, collection.update_one(holder, update))
+        if released.matched_count == 1 {
+            // A document that only carried the claim goes away with it, unless someone has
+            // claimed the key again in between.
+            let mut empty = key_filter(key);
+            empty.insert(field::VALUE, doc! { "$exists": false });
+            empty.insert(field::CLAIM_UNTIL, doc! { "$exists": false });
+            self.run("release", key, collection.delete_one(empty))
                 .await?;
         }
         Ok(())
