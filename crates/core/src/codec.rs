@@ -69,10 +69,7 @@ fn decode_limited<T: DeserializeOwned, const N: usize>(bytes: &[u8]) -> Result<T
     if used != bytes.len() {
         return Err(Error::new(
             ErrorKind::Codec,
-            format!(
-                "the stored value has {} trailing bytes",
-                bytes.len() - used
-            ),
+            format!("the stored value has {} trailing bytes", bytes.len() - used),
         ));
     }
     Ok(value)

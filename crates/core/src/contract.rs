@@ -65,12 +65,7 @@ impl ClaimToken {
         let mut bytes = [0u8; 16];
         if getrandom::fill(&mut bytes).is_err() {
             // No OS randomness: fall back to a unique-enough mix of time, process and address.
-            let seed = format!(
-                "{:?}{}{:p}",
-                SystemTime::now(),
-                std::process::id(),
-                &bytes
-            );
+            let seed = format!("{:?}{}{:p}", SystemTime::now(), std::process::id(), &bytes);
             bytes.copy_from_slice(&blake3::hash(seed.as_bytes()).as_bytes()[..16]);
         }
         let mut s = String::with_capacity(32);

@@ -278,7 +278,12 @@ impl Function {
     }
 
     /// [`Function::call`] with per-call options.
-    pub async fn call_with<A, T, F, Fut>(&self, opts: CallOptions, args: &A, compute: F) -> Result<T>
+    pub async fn call_with<A, T, F, Fut>(
+        &self,
+        opts: CallOptions,
+        args: &A,
+        compute: F,
+    ) -> Result<T>
     where
         A: Serialize + ?Sized,
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -567,7 +572,8 @@ impl Function {
             }
             // Wait until the holder's lease would end (a little past it, to let a renewal
             // land), then look again: a live holder keeps renewing, a dead one does not.
-            let mut chunk = (until.remaining() + Duration::from_millis(50)).max(Duration::from_millis(10));
+            let mut chunk =
+                (until.remaining() + Duration::from_millis(50)).max(Duration::from_millis(10));
             if let Some(deadline) = deadline {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if left.is_zero() {
@@ -728,7 +734,8 @@ impl Function {
         entry: Option<&Entry>,
         freshness: Freshness,
     ) -> Usable<T> {
-        let Some((bytes, stored_at)) = entry.and_then(|e| e.value.as_ref().map(|v| (v, e.stored_at)))
+        let Some((bytes, stored_at)) =
+            entry.and_then(|e| e.value.as_ref().map(|v| (v, e.stored_at)))
         else {
             return Usable::Missing;
         };
@@ -743,8 +750,12 @@ impl Function {
         if !self.settings.allow_none && is_none(&value) {
             return Usable::Missing;
         }
-        let too_old = freshness.max_age.is_some_and(|age| stored_at.elapsed() > age);
-        let too_early = freshness.stored_since.is_some_and(|since| stored_at < since);
+        let too_old = freshness
+            .max_age
+            .is_some_and(|age| stored_at.elapsed() > age);
+        let too_early = freshness
+            .stored_since
+            .is_some_and(|since| stored_at < since);
         if too_old || too_early {
             Usable::Stale(value)
         } else {
@@ -823,7 +834,9 @@ impl ClaimGuard {
                             tracing::warn!(key = %key, "claim lost while computing (lease expired?)");
                             return;
                         }
-                        Err(err) => tracing::warn!(key = %key, error = %err, "claim renewal failed"),
+                        Err(err) => {
+                            tracing::warn!(key = %key, error = %err, "claim renewal failed")
+                        }
                     }
                 }
             })

@@ -270,7 +270,11 @@ impl Key {
         func: &FuncId,
         args: &A,
     ) -> Result<Self> {
-        Ok(Key::new(namespace.clone(), func.clone(), ArgHash::of(args)?))
+        Ok(Key::new(
+            namespace.clone(),
+            func.clone(),
+            ArgHash::of(args)?,
+        ))
     }
 
     /// The canonical, versioned text form: `1\x1f{namespace}\x1f{func}\x1f{hash}`.
@@ -291,7 +295,9 @@ impl Key {
             parts.next(),
             parts.next(),
         ) else {
-            return Err(Error::invalid_input(format!("not a canonical key: {text:?}")));
+            return Err(Error::invalid_input(format!(
+                "not a canonical key: {text:?}"
+            )));
         };
         if version != KEY_FORMAT_VERSION.to_string() {
             return Err(Error::invalid_input(format!(

@@ -68,6 +68,8 @@ pub use contract::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use front::{Cachier, CachierBuilder, Function};
-pub use key::{ArgHash, FuncId, KEY_FORMAT_VERSION, Key, MAX_FUNC_ID_LEN, MAX_NAMESPACE_LEN, Namespace};
+pub use key::{
+    ArgHash, FuncId, KEY_FORMAT_VERSION, Key, MAX_FUNC_ID_LEN, MAX_NAMESPACE_LEN, Namespace,
+};
 pub use settings::{CallOptions, Settings, caching_enabled, set_caching_enabled};
 pub use stats::Stats;

@@ -116,11 +116,7 @@ impl ser::Serializer for NoneProbe {
         Err(NotNone)
     }
 
-    fn serialize_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStruct, NotNone> {
+    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self::SerializeStruct, NotNone> {
         Err(NotNone)
     }
 
