@@ -838,10 +838,13 @@ struct Tracked<C> {
     broken: bool,
 }
 
+/// What runs on every new connection (SQLite pragmas).
+type Setup<C> = dyn Fn(&mut C) -> QueryResult<()> + Send + Sync;
+
 /// diesel's connection manager plus a setup step per new connection and the `broken` mark.
 struct Manager<C: R2D2Connection + 'static> {
     inner: r2d2::ConnectionManager<C>,
-    setup: Box<dyn Fn(&mut C) -> QueryResult<()> + Send + Sync>,
+    setup: Box<Setup<C>>,
 }
 
 impl<C: R2D2Connection + 'static> Manager<C> {
