@@ -19,7 +19,8 @@ use crate::wakeup::{Timeouts, Wakeups};
 
 const BACKEND: &str = "redis";
 
-/// Redis' largest string is 512 MiB; the entry framing takes [`layout::HEADER_LEN`] of it.
+/// The largest value this backend stores: Redis' 512 MiB string limit minus the 9-byte
+/// entry header (framing version and `stored_at`).
 pub const MAX_VALUE_BYTES: u64 = 512 * 1024 * 1024 - layout::HEADER_LEN as u64;
 
 /// First pause of a waiter that cannot rely on pub/sub (no subscription yet or connection

@@ -158,15 +158,12 @@ impl Subscription {
     /// Waits for a message on the channel (or a reconnection) since the last call, or for
     /// `pause` to pass, whichever comes first.
     pub(crate) async fn changed_within(&mut self, pause: Duration) {
-        match tokio::time::timeout(pause, self.bumps.changed()).await {
-            Ok(Ok(())) => {
-                self.bumps.borrow_and_update();
-                // A bump after a reconnection means the subscription holds again.
-                self.confirmed = true;
-            }
-            // The sender lives in the channel table while this subscription exists, so this
-            // is only a timeout.
-            Ok(Err(_)) | Err(_) => {}
+        // An error can only be a timeout: the sender lives in the channel table while this
+        // subscription exists.
+        if let Ok(Ok(())) = tokio::time::timeout(pause, self.bumps.changed()).await {
+            self.bumps.borrow_and_update();
+            // A bump after a reconnection means the subscription holds again.
+            self.confirmed = true;
         }
     }
 }
