@@ -19,7 +19,8 @@ pub const DEFAULT_COLLECTION_PREFIX: &str = "cachier_";
 pub const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long opening one connection may take, by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one backend operation (all of its round trips) may take, by default.
+/// How long one request to the server may take, by default (a backend operation makes one
+/// request, or two or three for `release`, `remove` and the clearing operations).
 ///
 /// Generous enough for a value near the 16 MiB document limit on a slow server.
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -131,7 +132,7 @@ impl Config {
         self
     }
 
-    /// How long one backend operation may take in all before it fails with
+    /// How long one request to the server may take before it fails with
     /// [`ErrorKind::Unavailable`](cachier_core::ErrorKind::Unavailable), so a server that accepts
     /// connections but stops answering cannot hang the caller. Default:
     /// [`DEFAULT_OPERATION_TIMEOUT`].

@@ -258,3 +258,54 @@ async fn calls_compute_and_log_while_the_server_is_down_then_recover() {
         "the (func, key) index is back: {indexes:?}"
     );
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to the private server's process.
+fn signal(server: &PrivateServer, signal: &str) {
+    let pid = server.child.as_ref().expect("the server runs").id();
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill(1) runs");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_stops_answering_times_out_as_unavailable() {
+    let server = PrivateServer::start_on_free_port();
+    let config = common::config_for(&server.url())
+        .operation_timeout(Duration::from_millis(800))
+        .server_selection_timeout(Duration::from_millis(500));
+    let core = MongoCore::connect(config.clone()).await.unwrap();
+    let ns = TestNamespace::on("stalled", config);
+    let key = Key::new(
+        ns.namespace.clone(),
+        FuncId::new("cachier_mongo::tests::stalled").unwrap(),
+        cachier_core::ArgHash::of(&1u8).unwrap(),
+    );
+    core.set(&key, Bytes::from_static(b"v"), Timestamp::now())
+        .await
+        .unwrap();
+
+    // Frozen, the server keeps its connections open but answers nothing.
+    signal(&server, "STOP");
+    let started = Instant::now();
+    let outcome = core.get(&key).await;
+    let took = started.elapsed();
+    signal(&server, "CONT");
+    let err = outcome.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(took < Duration::from_secs(5), "a stalled get took {took:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match core.get(&key).await {
+            Ok(entry) => {
+                assert_eq!(entry.unwrap().value.as_deref(), Some(&b"v"[..]));
+                break;
+            }
+            Err(e) => assert!(Instant::now() < deadline, "no recovery within 30 s: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
