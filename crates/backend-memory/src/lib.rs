@@ -11,8 +11,8 @@
 //!
 //! ## Layout
 //!
-//! One `HashMap<Key, Slot>` behind a read-write lock, where [`Key`] is namespace + function id
-//! + argument hash and a slot holds the value with its `stored_at`, the claim (token and expiry)
+//! One `HashMap<Key, Slot>` behind a read-write lock, where [`Key`] is namespace, function id
+//! and argument hash, and a slot holds the value with its `stored_at`, the claim (token and expiry)
 //! if any, and the notifier of its waiters. A slot with neither value nor claim is removed.
 //!
 //! ## Example

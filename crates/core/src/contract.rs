@@ -29,11 +29,13 @@ impl Timestamp {
     }
 
     /// This time plus `d`, saturating.
+    #[allow(clippy::should_implement_trait)] // saturating, unlike `Add`
     pub fn add(self, d: Duration) -> Self {
         Timestamp(self.0.saturating_add(d.as_millis() as u64))
     }
 
     /// This time minus `d`, saturating at the epoch.
+    #[allow(clippy::should_implement_trait)] // saturating, unlike `Sub`
     pub fn sub(self, d: Duration) -> Self {
         Timestamp(self.0.saturating_sub(d.as_millis() as u64))
     }
@@ -123,7 +125,7 @@ impl Entry {
 }
 
 /// What a backend can do, read by the front end and the conformance suite.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Capabilities {
     /// Claims and entries are shared by every process that opens the same store (file, SQL,
     /// Redis, MongoDB), so the cross-process conformance checks apply.
@@ -136,16 +138,6 @@ pub struct Capabilities {
     pub max_value_bytes: Option<u64>,
 }
 
-impl Default for Capabilities {
-    fn default() -> Self {
-        Capabilities {
-            cross_process: false,
-            native_wakeup: false,
-            persistent: false,
-            max_value_bytes: None,
-        }
-    }
-}
 
 /// How long the default [`Core::wait`] sleeps at first between two reads.
 pub const WAIT_POLL_START: Duration = Duration::from_millis(5);
