@@ -19,7 +19,7 @@
 //!   ([`CallOptions`]), `call`, `call_blocking`, `try_call`, `precache`, `remove`, `clear`,
 //!   `clear_claims`, [`Stats`].
 //! - `conformance` (feature `conformance`) — the checks every backend passes, and the
-//!   [`conformance_suite!`] macro that turns them into tests.
+//!   `conformance_suite!` macro that turns them into tests.
 //!
 //! ## Example
 //!

@@ -28,7 +28,7 @@
 //!
 //! ## Capabilities and skips
 //!
-//! Checks that a backend cannot honour are skipped according to its [`Capabilities`] (for
+//! Checks that a backend cannot honour are skipped according to its [`Capabilities`](crate::Capabilities) (for
 //! example the cross-process checks on an in-process backend). A skipped check passes and prints
 //! `conformance: SKIPPED <check>: <reason>` on standard output and standard error.
 //!
@@ -48,7 +48,7 @@ mod process;
 
 pub use process::child_main;
 
-/// What the factory given to [`conformance_suite!`] returns.
+/// What the factory given to [`conformance_suite!`](crate::conformance_suite!) returns.
 pub type CoreFuture = Pin<Box<dyn Future<Output = Arc<dyn Core>> + Send>>;
 
 /// The result of one check. A failure is a panic (a failed assertion).
@@ -184,7 +184,7 @@ pub fn func_id(name: &str) -> FuncId {
     FuncId::new(name).expect("test function ids are valid")
 }
 
-/// Runs one check on a fresh multi-threaded runtime; used by [`conformance_suite!`].
+/// Runs one check on a fresh multi-threaded runtime; used by [`conformance_suite!`](crate::conformance_suite!).
 pub fn run<F>(harness: Harness, check: F)
 where
     F: FnOnce(Harness) -> Pin<Box<dyn Future<Output = Outcome> + Send>>,
@@ -233,7 +233,7 @@ macro_rules! conformance_suite {
     };
 }
 
-/// Lists every check once; [`conformance_suite!`] turns each into a test.
+/// Lists every check once; [`conformance_suite!`](crate::conformance_suite!) turns each into a test.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_checks {
