@@ -1,6 +1,89 @@
-//! `cargo xtask`: the project's test matrix, benchmarks and CI entry point (being built).
+//! `cargo xtask`: the project's test matrix, its services and its CI entry point.
+//!
+//! Contributors run one backend's suite against a real server with `cargo xtask test redis`
+//! (or `memory`, `file`, `sql`, `sql:postgres`, `mongo`, `all`, ...); CI runs `cargo xtask ci`.
+//! The pieces, in the order a run uses them:
+//!
+//! - [`cli`]: the command line (hand-parsed; the xtask has no dependencies);
+//! - [`targets`]: which package, features, tests and services each target means;
+//! - [`services`]: finding or starting Redis, PostgreSQL, MariaDB and the MongoDB wire server,
+//!   and speaking just enough of each protocol to probe it and to find test data in it;
+//! - [`runner`]: running a target's tests with cargo-nextest (or `cargo test`) and reading the
+//!   counts back;
+//! - [`leftovers`]: checking that no test namespace survived the run;
+//! - [`matrix`]: `cargo xtask test`, tying these together and printing the table;
+//! - [`ci`]: `cargo xtask ci`.
 
-fn main() {
-    eprintln!("cargo xtask: not implemented yet");
-    std::process::exit(2);
+mod ci;
+mod cli;
+mod leftovers;
+mod matrix;
+mod process;
+mod runner;
+mod services;
+mod targets;
+mod workspace;
+
+use std::process::ExitCode;
+
+use cli::Command;
+use services::{Policy, ServiceKind};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match cli::parse(&args) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("cargo xtask: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = match command {
+        Command::Help => {
+            print!("{}", cli::USAGE);
+            Ok(true)
+        }
+        Command::Test(args) => matrix::test(&args),
+        Command::Ci(args) => ci::ci(&args),
+        Command::Services { kinds, keep } => show_services(&kinds, keep),
+        Command::SetupMongo => services::mongo::setup().map(|server| {
+            println!("nx-27017 is installed: {}", server.display());
+            true
+        }),
+    };
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("cargo xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cargo xtask services`: finds (or starts) each service and prints its URL; throwaway servers
+/// are stopped again unless `keep`.
+fn show_services(kinds: &[ServiceKind], keep: bool) -> Result<bool, String> {
+    let mut ok = true;
+    let mut found = Vec::new();
+    for &kind in kinds {
+        match services::resolve(
+            kind,
+            Policy {
+                may_start: true,
+                detach: keep,
+            },
+        ) {
+            Ok(service) => {
+                println!("{}", service.describe());
+                found.push(service);
+            }
+            Err(e) => {
+                println!("{kind:<8} unavailable: {e}");
+                ok = false;
+            }
+        }
+    }
+    matrix::finish_services(found, keep);
+    Ok(ok)
 }

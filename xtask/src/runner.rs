@@ -1,0 +1,564 @@
+//! Running one target's tests with cargo-nextest (each test its own process) or, when nextest
+//! is not installed, `cargo test`; and reading the counts back from their output.
+//!
+//! All targets of one invocation are built with the same package selection and features
+//! ([`Selection`]), so the heavy crates compile once, and each target then runs only its own
+//! tests (a nextest filterset). Counts come from nextest's `Summary` line (or libtest's
+//! `test result:` lines); conformance checks that a backend skipped (they pass and print
+//! `conformance: SKIPPED <check>: <reason>`) are moved from "passed" to "skipped".
+//!
+//! Flaky tests: a test whose name ends in `_flaky` is retried `--retries N` times; no other
+//! test is ever retried. This is set in a nextest tool configuration the xtask writes to
+//! `target/xtask/nextest.toml` (profile `xtask`; a repository `.config/nextest.toml` still
+//! takes precedence where it says otherwise).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::targets::Target;
+use crate::workspace;
+
+/// The marker the conformance suite prints for a check it skipped.
+const SKIP_MARKER: &str = "conformance: SKIPPED ";
+
+/// The name suffix that marks a test as flaky (the only tests `--retries` applies to).
+pub const FLAKY_SUFFIX: &str = "_flaky";
+
+/// Which test runner is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Nextest,
+    CargoTest,
+}
+
+impl Engine {
+    /// cargo-nextest when `cargo nextest` answers, else `cargo test`.
+    pub fn detect() -> Engine {
+        let nextest = workspace::cargo()
+            .args(["nextest", "--version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if nextest.is_ok_and(|s| s.success()) {
+            Engine::Nextest
+        } else {
+            Engine::CargoTest
+        }
+    }
+}
+
+/// The packages and features every cargo call of one invocation uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// `--workspace --all-features`: what `all` and `ci` build.
+    Workspace,
+    /// `-p` for each package, `--features package/feature` for their features.
+    Packages {
+        packages: Vec<&'static str>,
+        features: Vec<String>,
+    },
+}
+
+impl Selection {
+    /// The selection that builds every one of `targets` with the features all of them need.
+    pub fn for_targets(targets: &[Target], whole_workspace: bool) -> Selection {
+        if whole_workspace {
+            return Selection::Workspace;
+        }
+        let mut packages = Vec::new();
+        let mut features = Vec::new();
+        for target in targets {
+            if !packages.contains(&target.package) {
+                packages.push(target.package);
+            }
+            for feature in target.features {
+                let qualified = format!("{}/{feature}", target.package);
+                if !features.contains(&qualified) {
+                    features.push(qualified);
+                }
+            }
+        }
+        Selection::Packages { packages, features }
+    }
+
+    /// The cargo arguments.
+    pub fn args(&self) -> Vec<String> {
+        match self {
+            Selection::Workspace => vec!["--workspace".into(), "--all-features".into()],
+            Selection::Packages { packages, features } => {
+                let mut args = Vec::new();
+                for package in packages {
+                    args.extend(["-p".to_owned(), (*package).to_owned()]);
+                }
+                if !features.is_empty() {
+                    args.extend(["--features".to_owned(), features.join(",")]);
+                }
+                args
+            }
+        }
+    }
+}
+
+/// How tests are run (from the command line).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Tests run at once (`-j N`); `None` is the runner's default (one per core).
+    pub jobs: Option<usize>,
+    /// Only tests whose name contains this.
+    pub filter: Option<String>,
+    /// Retries for tests marked flaky.
+    pub retries: u32,
+    /// Stop at the first failure.
+    pub fail_fast: bool,
+}
+
+/// What one run of a target's tests gave.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    /// Tests that passed only on a retry.
+    pub flaky: usize,
+    /// `check: reason` of each skipped conformance check.
+    pub skip_reasons: Vec<String>,
+}
+
+/// The result of running one target.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// The counts, or why there are none (it did not build, the runner crashed, ...).
+    pub counts: Result<Counts, String>,
+    pub wall: Duration,
+}
+
+/// Builds the test binaries of `selection` without running them; returns how long it took.
+pub fn build(engine: Engine, selection: &Selection) -> Result<Duration, String> {
+    let started = Instant::now();
+    let mut command = workspace::cargo();
+    match engine {
+        Engine::Nextest => command
+            .args(["nextest", "run", "--no-run"])
+            .args(selection.args()),
+        Engine::CargoTest => command.args(["test", "--no-run"]).args(selection.args()),
+    };
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(started.elapsed())
+    } else {
+        Err(format!("building the tests failed ({status})"))
+    }
+}
+
+/// Prints the tests of `target` without running them.
+pub fn list(
+    engine: Engine,
+    selection: &Selection,
+    target: &Target,
+    options: &RunOptions,
+) -> Result<(), String> {
+    let mut command = workspace::cargo();
+    match engine {
+        Engine::Nextest => {
+            command
+                .args(["nextest", "list"])
+                .args(selection.args())
+                .args(["-E", &filterset(target, options)]);
+        }
+        Engine::CargoTest => {
+            command
+                .args(["test", "-p", target.package])
+                .args(selection_features(selection, target));
+            command
+                .arg("--")
+                .args(name_filter(target, options))
+                .arg("--list");
+        }
+    }
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("listing the {} tests failed", target.name))
+    }
+}
+
+/// Runs the tests of `target` with `jobs` at once and reads the counts.
+pub fn run(
+    engine: Engine,
+    selection: &Selection,
+    target: &Target,
+    options: &RunOptions,
+    envs: &[(String, String)],
+) -> RunResult {
+    let started = Instant::now();
+    let counts = match engine {
+        Engine::Nextest => run_nextest(selection, target, options, envs),
+        Engine::CargoTest => run_cargo_test(selection, target, options, envs),
+    };
+    RunResult {
+        counts,
+        wall: started.elapsed(),
+    }
+}
+
+fn filterset(target: &Target, options: &RunOptions) -> String {
+    match &options.filter {
+        Some(name) => format!("({}) & test(~{name})", target.filterset()),
+        None => target.filterset(),
+    }
+}
+
+fn run_nextest(
+    selection: &Selection,
+    target: &Target,
+    options: &RunOptions,
+    envs: &[(String, String)],
+) -> Result<Counts, String> {
+    let config = write_tool_config(options.retries)?;
+    let mut command = workspace::cargo();
+    command
+        .args(["nextest", "run", "--profile", "xtask", "--no-tests", "warn"])
+        .arg("--tool-config-file")
+        .arg(format!("xtask:{}", config.display()))
+        .args(selection.args())
+        .args(["-E", &filterset(target, options)])
+        .arg(if options.fail_fast {
+            "--fail-fast"
+        } else {
+            "--no-fail-fast"
+        });
+    if let Some(jobs) = options.jobs {
+        command.args(["-j", &jobs.to_string()]);
+    }
+    command.envs(envs.iter().map(|(k, v)| (k, v)));
+    let (_, output) = run_teed(&mut command)?;
+    let mut counts = parse_nextest_summary(&output).ok_or_else(|| {
+        "nextest printed no summary (the tests did not build or the run was cut short)".to_owned()
+    })?;
+    let junit = workspace::target_dir()
+        .join("nextest")
+        .join("xtask")
+        .join("junit.xml");
+    let reasons = std::fs::read_to_string(&junit)
+        .map(|x| skip_reasons(&x))
+        .unwrap_or_default();
+    counts.move_skipped(reasons);
+    Ok(counts)
+}
+
+fn run_cargo_test(
+    selection: &Selection,
+    target: &Target,
+    options: &RunOptions,
+    envs: &[(String, String)],
+) -> Result<Counts, String> {
+    if options.retries > 0 {
+        eprintln!(
+            "xtask: --retries needs cargo-nextest (cargo install cargo-nextest); not retrying"
+        );
+    }
+    let mut command = workspace::cargo();
+    command
+        .args(["test", "-p", target.package])
+        .args(selection_features(selection, target));
+    if !options.fail_fast {
+        command.arg("--no-fail-fast");
+    }
+    command
+        .arg("--")
+        .args(name_filter(target, options))
+        .arg("--nocapture");
+    if let Some(jobs) = options.jobs {
+        command.arg(format!("--test-threads={jobs}"));
+    }
+    command.envs(envs.iter().map(|(k, v)| (k, v)));
+    let (_, output) = run_teed(&mut command)?;
+    let mut counts = parse_libtest_results(&output)
+        .ok_or_else(|| "cargo test printed no results (the tests did not build)".to_owned())?;
+    let reasons = output
+        .lines()
+        .filter_map(|l| l.split_once(SKIP_MARKER).map(|(_, r)| r.trim().to_owned()))
+        .collect::<std::collections::BTreeSet<_>>();
+    counts.move_skipped(reasons.into_iter().collect());
+    Ok(counts)
+}
+
+/// `--features` for `cargo test -p package`: the features the selection gives that package.
+fn selection_features(selection: &Selection, target: &Target) -> Vec<String> {
+    match selection {
+        Selection::Workspace => vec!["--all-features".into()],
+        Selection::Packages { features, .. } => {
+            let prefix = format!("{}/", target.package);
+            let own: Vec<&str> = features
+                .iter()
+                .filter_map(|f| f.strip_prefix(&prefix))
+                .collect();
+            if own.is_empty() {
+                Vec::new()
+            } else {
+                vec!["--features".into(), own.join(",")]
+            }
+        }
+    }
+}
+
+/// libtest's name filter: the user's, else the dialect a shared-crate target stands for.
+fn name_filter(target: &Target, options: &RunOptions) -> Vec<String> {
+    if let Some(name) = &options.filter {
+        return vec![name.clone()];
+    }
+    match target.name.split_once(':') {
+        Some((_, dialect)) => vec![dialect.to_owned()],
+        None => Vec::new(),
+    }
+}
+
+/// Writes the nextest tool configuration: profile `xtask` with retries for flaky tests only,
+/// a per-test time limit, and a JUnit report that keeps the output of passing tests.
+fn write_tool_config(retries: u32) -> Result<std::path::PathBuf, String> {
+    let path = workspace::xtask_dir().join("nextest.toml");
+    let text = format!(
+        "# Written by cargo xtask on every run.\n\
+         [profile.xtask]\n\
+         retries = 0\n\
+         slow-timeout = {{ period = \"60s\", terminate-after = 10 }}\n\
+         [profile.xtask.junit]\n\
+         path = \"junit.xml\"\n\
+         store-success-output = true\n\
+         [[profile.xtask.overrides]]\n\
+         filter = 'test(/{FLAKY_SUFFIX}$/)'\n\
+         retries = {retries}\n"
+    );
+    std::fs::create_dir_all(workspace::xtask_dir())
+        .and_then(|()| std::fs::write(&path, text))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+impl Counts {
+    /// Moves skipped conformance checks from "passed" to "skipped".
+    fn move_skipped(&mut self, reasons: Vec<String>) {
+        let moved = reasons.len().min(self.passed);
+        self.passed -= moved;
+        self.skipped += moved;
+        self.skip_reasons = reasons;
+    }
+}
+
+/// Reads nextest's closing line, e.g.
+/// `Summary [   0.457s] 3 tests run: 2 passed (1 flaky), 1 failed, 1 skipped`.
+/// Everything that is neither passed nor skipped (failed, timed out, ...) counts as failed.
+/// nextest's own "skipped" (tests outside the filterset) is not reported.
+pub fn parse_nextest_summary(output: &str) -> Option<Counts> {
+    let line = output
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with("Summary ["))?;
+    let (_, rest) = line.split_once("] ")?;
+    let mut counts = Counts::default();
+    let Some((_, tallies)) = rest.split_once(": ") else {
+        return rest.contains("0 tests run").then_some(counts);
+    };
+    for part in tallies.split(", ") {
+        let (number, what) = part.trim().split_once(' ')?;
+        let number: usize = number.parse().ok()?;
+        if what.starts_with("passed") {
+            counts.passed = number;
+            if let Some(flaky) = what
+                .strip_prefix("passed (")
+                .and_then(|f| f.split(' ').next())
+            {
+                counts.flaky = flaky.parse().unwrap_or(0);
+            }
+        } else if what.starts_with("skipped") {
+            continue;
+        } else {
+            counts.failed += number;
+        }
+    }
+    Some(counts)
+}
+
+/// Adds up libtest's `test result: ok. 2 passed; 1 failed; 1 ignored; ...` lines.
+pub fn parse_libtest_results(output: &str) -> Option<Counts> {
+    let mut counts = None::<Counts>;
+    for line in output.lines().filter(|l| l.starts_with("test result: ")) {
+        let total = counts.get_or_insert_with(Counts::default);
+        for part in line.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            let (Some(number), Some(what)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Ok(number) = number.parse::<usize>() else {
+                continue;
+            };
+            match what {
+                "passed" => total.passed += number,
+                "failed" => total.failed += number,
+                _ => {}
+            }
+        }
+    }
+    counts
+}
+
+/// The reasons of the conformance checks skipped, from nextest's JUnit report.
+fn skip_reasons(junit: &str) -> Vec<String> {
+    let mut reasons = Vec::new();
+    for case in junit.split("<testcase ").skip(1) {
+        let case = case.split("</testcase>").next().unwrap_or(case);
+        let out = case.split("<system-out>").nth(1).unwrap_or_default();
+        if let Some((_, reason)) = out.split_once(SKIP_MARKER) {
+            reasons.push(reason.lines().next().unwrap_or_default().trim().to_owned());
+        }
+    }
+    reasons
+}
+
+/// Runs a libtest command (such as `cargo test --doc`), copying its output, and adds up its
+/// results; `None` when it ran no test binary.
+pub fn run_and_read_libtest(command: &mut Command) -> Result<Option<Counts>, String> {
+    let (status, output) = run_teed(command)?;
+    match parse_libtest_results(&output) {
+        Some(counts) => Ok(Some(counts)),
+        None if status.success() => Ok(None),
+        None => Err(format!(
+            "cargo test failed without running tests ({status})"
+        )),
+    }
+}
+
+/// Runs `command`, copying its output to ours as it comes; returns its exit status and output.
+fn run_teed(command: &mut Command) -> Result<(std::process::ExitStatus, String), String> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let collected = Arc::new(Mutex::new(String::new()));
+    let pumps: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .enumerate()
+    .map(|(i, stream)| {
+        let collected = Arc::clone(&collected);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if i == 0 {
+                    let _ = writeln!(std::io::stdout(), "{line}");
+                } else {
+                    let _ = writeln!(std::io::stderr(), "{line}");
+                }
+                let mut all = collected.lock().expect("no pump panics");
+                all.push_str(&line);
+                all.push('\n');
+            }
+        })
+    })
+    .collect();
+    for pump in pumps {
+        let _ = pump.join();
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("cargo did not finish: {e}"))?;
+    let text = collected.lock().expect("no pump panics").clone();
+    Ok((status, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nextest_summaries_are_read() {
+        let out = "  FAIL x\n────────────\n     Summary [   0.457s] 3 tests run: 2 passed (1 flaky), 1 failed, 10 skipped\n   FLAKY 2/3\n";
+        let counts = parse_nextest_summary(out).unwrap();
+        assert_eq!(
+            (counts.passed, counts.failed, counts.skipped, counts.flaky),
+            (2, 1, 0, 1)
+        );
+
+        let out = "Summary [ 61.0s] 5 tests run: 3 passed, 1 failed, 1 timed out, 0 skipped";
+        let counts = parse_nextest_summary(out).unwrap();
+        assert_eq!((counts.passed, counts.failed), (3, 2));
+
+        let counts = parse_nextest_summary("Summary [   0.000s] 0 tests run, 4 skipped").unwrap();
+        assert_eq!(counts, Counts::default());
+
+        assert_eq!(parse_nextest_summary("error: could not compile `x`"), None);
+    }
+
+    #[test]
+    fn libtest_results_are_added_up() {
+        let out = "test result: ok. 2 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.1s\n\
+                   test result: FAILED. 3 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.0s\n";
+        let counts = parse_libtest_results(out).unwrap();
+        assert_eq!((counts.passed, counts.failed), (5, 2));
+        assert_eq!(parse_libtest_results("error[E0277]: nope"), None);
+    }
+
+    #[test]
+    fn skipped_checks_are_found_in_the_junit_report_and_moved() {
+        let junit = r#"<testsuites><testsuite name="cachier-memory::conformance">
+            <testcase name="cachier_conformance::cross_process_single_flight" classname="x" time="0.01">
+              <system-out>conformance: SKIPPED cross_process_single_flight: in-process backend
+</system-out></testcase>
+            <testcase name="cachier_conformance::round_trip" classname="x" time="0.01"><system-out>ok</system-out></testcase>
+            </testsuite></testsuites>"#;
+        let reasons = skip_reasons(junit);
+        assert_eq!(
+            reasons,
+            vec!["cross_process_single_flight: in-process backend"]
+        );
+        let mut counts = Counts {
+            passed: 2,
+            ..Counts::default()
+        };
+        counts.move_skipped(reasons);
+        assert_eq!((counts.passed, counts.skipped), (1, 1));
+    }
+
+    #[test]
+    fn one_selection_builds_every_target_with_the_union_of_features() {
+        let sql = |name| {
+            *crate::targets::TARGETS
+                .iter()
+                .find(|t| t.name == name)
+                .unwrap()
+        };
+        let selection =
+            Selection::for_targets(&[sql("sql:sqlite"), sql("sql:mysql"), sql("redis")], false);
+        assert_eq!(
+            selection.args(),
+            [
+                "-p",
+                "cachier-sql",
+                "-p",
+                "cachier-redis",
+                "--features",
+                "cachier-sql/sqlite,cachier-sql/mysql"
+            ]
+        );
+        assert_eq!(
+            Selection::for_targets(&[], true).args(),
+            ["--workspace", "--all-features"]
+        );
+    }
+}

@@ -1,0 +1,244 @@
+//! The test targets: what `cargo xtask test <target>` means, crate by crate.
+//!
+//! A [`Target`] names a package, the features its suite needs, an optional nextest filterset
+//! that narrows the package's tests (the SQL dialects share one crate), and the services it
+//! talks to. A target whose crate directory does not exist yet is reported as "not built yet",
+//! never as passed.
+
+use crate::services::ServiceKind;
+use crate::workspace;
+
+/// One row of the test matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// The name on the command line and in the table.
+    pub name: &'static str,
+    /// The cargo package.
+    pub package: &'static str,
+    /// The crate directory, relative to the workspace root.
+    pub dir: &'static str,
+    /// Features of `package` the suite needs (`--features package/feature`).
+    pub features: &'static [&'static str],
+    /// Narrows the package's tests (nextest filterset syntax), for targets that share a crate.
+    pub filter: Option<&'static str>,
+    /// Servers the suite needs, resolved before it runs and passed by URL.
+    pub services: &'static [ServiceKind],
+}
+
+impl Target {
+    /// Whether the crate exists in the workspace.
+    pub fn exists(&self) -> bool {
+        workspace::root().join(self.dir).join("Cargo.toml").exists()
+    }
+
+    /// The nextest filterset selecting exactly this target's tests.
+    pub fn filterset(&self) -> String {
+        match self.filter {
+            Some(filter) => format!("package(={}) & ({filter})", self.package),
+            None => format!("package(={})", self.package),
+        }
+    }
+}
+
+use ServiceKind::{Mongo, Mysql, Postgres, Redis};
+
+/// Every target, in the order `all` runs and the table lists them.
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "core",
+        package: "cachier-core",
+        dir: "crates/core",
+        features: &["conformance"],
+        filter: None,
+        services: &[],
+    },
+    Target {
+        name: "memory",
+        package: "cachier-memory",
+        dir: "crates/backend-memory",
+        features: &[],
+        filter: None,
+        services: &[],
+    },
+    Target {
+        name: "file",
+        package: "cachier-file",
+        dir: "crates/backend-file",
+        features: &[],
+        filter: None,
+        services: &[],
+    },
+    Target {
+        name: "sql:sqlite",
+        package: "cachier-sql",
+        dir: "crates/backend-sql",
+        features: &["sqlite"],
+        filter: Some("binary(~sqlite) | test(~sqlite)"),
+        services: &[],
+    },
+    Target {
+        name: "sql:postgres",
+        package: "cachier-sql",
+        dir: "crates/backend-sql",
+        features: &["postgres"],
+        filter: Some("binary(~postgres) | test(~postgres)"),
+        services: &[Postgres],
+    },
+    Target {
+        name: "sql:mysql",
+        package: "cachier-sql",
+        dir: "crates/backend-sql",
+        features: &["mysql"],
+        filter: Some("binary(~mysql) | test(~mysql)"),
+        services: &[Mysql],
+    },
+    Target {
+        name: "redis",
+        package: "cachier-redis",
+        dir: "crates/backend-redis",
+        features: &[],
+        filter: None,
+        services: &[Redis],
+    },
+    Target {
+        name: "mongo",
+        package: "cachier-mongo",
+        dir: "crates/backend-mongo",
+        features: &[],
+        filter: None,
+        services: &[Mongo],
+    },
+    Target {
+        name: "plugin",
+        package: "cachier-plugin",
+        dir: "crates/plugin",
+        features: &[],
+        filter: None,
+        services: &[],
+    },
+    Target {
+        name: "xtask",
+        package: "xtask",
+        dir: "xtask",
+        features: &[],
+        filter: None,
+        services: &[],
+    },
+];
+
+/// The names accepted on the command line besides the targets themselves.
+const GROUPS: &[(&str, &[&str])] = &[
+    ("sql", &["sql:sqlite", "sql:postgres", "sql:mysql"]),
+    (
+        "all",
+        &[
+            "core",
+            "memory",
+            "file",
+            "sql:sqlite",
+            "sql:postgres",
+            "sql:mysql",
+            "redis",
+            "mongo",
+            "plugin",
+            "xtask",
+        ],
+    ),
+];
+
+/// A target chosen on the command line, and whether it was named explicitly (a missing crate
+/// is an error only then; `all` reports it and goes on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    pub target: Target,
+    pub explicit: bool,
+}
+
+/// Expands target names (and the groups `sql`, `all`) into targets, in table order, without
+/// repeats.
+pub fn select(names: &[String]) -> Result<Vec<Selected>, String> {
+    let mut chosen: Vec<Selected> = Vec::new();
+    for name in names {
+        let (members, explicit): (Vec<&str>, bool) =
+            match GROUPS.iter().find(|(group, _)| group == name) {
+                Some((group, members)) => (members.to_vec(), *group != "all"),
+                None => (vec![name.as_str()], true),
+            };
+        for member in members {
+            let target = find(member).ok_or_else(|| {
+                let known: Vec<&str> = TARGETS.iter().map(|t| t.name).collect();
+                format!(
+                    "unknown target {member:?}; known: {}, sql, all",
+                    known.join(", ")
+                )
+            })?;
+            match chosen.iter_mut().find(|s| s.target.name == target.name) {
+                Some(existing) => existing.explicit |= explicit,
+                None => chosen.push(Selected { target, explicit }),
+            }
+        }
+    }
+    chosen.sort_by_key(|s| TARGETS.iter().position(|t| t.name == s.target.name));
+    Ok(chosen)
+}
+
+fn find(name: &str) -> Option<Target> {
+    TARGETS.iter().copied().find(|t| t.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(selection: &[Selected]) -> Vec<(&str, bool)> {
+        selection
+            .iter()
+            .map(|s| (s.target.name, s.explicit))
+            .collect()
+    }
+
+    #[test]
+    fn groups_expand_in_table_order_without_repeats() {
+        let chosen = select(&["redis".into(), "sql".into(), "sql:mysql".into()]).unwrap();
+        assert_eq!(
+            names(&chosen),
+            [
+                ("sql:sqlite", true),
+                ("sql:postgres", true),
+                ("sql:mysql", true),
+                ("redis", true)
+            ]
+        );
+    }
+
+    #[test]
+    fn all_is_not_explicit_but_a_named_target_stays_explicit() {
+        let chosen = select(&["all".into(), "plugin".into()]).unwrap();
+        assert_eq!(chosen.len(), TARGETS.len());
+        let plugin = chosen.iter().find(|s| s.target.name == "plugin").unwrap();
+        assert!(plugin.explicit);
+        assert!(
+            chosen
+                .iter()
+                .filter(|s| s.target.name != "plugin")
+                .all(|s| !s.explicit)
+        );
+    }
+
+    #[test]
+    fn unknown_targets_are_refused_with_the_list() {
+        let err = select(&["cassandra".into()]).unwrap_err();
+        assert!(err.contains("cassandra") && err.contains("memory"), "{err}");
+    }
+
+    #[test]
+    fn every_target_is_in_all_and_the_filtersets_name_their_package() {
+        let all = select(&["all".into()]).unwrap();
+        assert_eq!(all.iter().map(|s| s.target).collect::<Vec<_>>(), TARGETS);
+        assert_eq!(
+            find("sql:mysql").unwrap().filterset(),
+            "package(=cachier-sql) & (binary(~mysql) | test(~mysql))"
+        );
+        assert!(find("xtask").unwrap().exists());
+    }
+}
