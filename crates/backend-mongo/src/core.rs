@@ -364,18 +364,23 @@ impl Core for MongoCore {
                 debug!(%key, attempt, "claimed document vanished, trying again");
                 continue;
             };
-            match holder.get(field::CLAIM_UNTIL).map(as_millis) {
+            let observed = holder.get(field::CLAIM_UNTIL);
+            match observed.map(as_millis) {
                 Some(Some(until)) if until > Timestamp::now() => {
                     return Ok(Claim::Held { until });
                 }
                 // The holder's lease ran out since the update: the next attempt takes it.
                 Some(Some(_)) => continue,
-                Some(None) | None => {
-                    warn!(
-                        %key,
-                        claim_until = ?holder.get(field::CLAIM_UNTIL),
-                        "MongoDB document has a malformed claim; taking the claim over"
-                    );
+                // No claim any more (a `set` or `release` landed between the update and the
+                // read), or one of a foreign type: take it with a compare-and-set.
+                _ => {
+                    if observed.is_some_and(|v| *v != Bson::Null) {
+                        warn!(
+                            %key,
+                            claim_until = ?observed,
+                            "MongoDB document has a malformed claim; taking the claim over"
+                        );
+                    }
                     if let Some(token) = self.claim_broken(&collection, key, &holder, lease).await?
                     {
                         return Ok(Claim::Acquired(token));

@@ -38,8 +38,20 @@ pub fn config_for(url: &str) -> Config {
         .connect_timeout(Duration::from_secs(2))
 }
 
+/// Sends `tracing` output (warnings and up, or as `RUST_LOG` says) to the test's captured
+/// output, so a failing test shows what the backend and the front end logged.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// A core on the shared test server; panics with instructions when no server answers.
 pub async fn connect() -> MongoCore {
+    init_logging();
     let url = url();
     let core = MongoCore::connect(config())
         .await
