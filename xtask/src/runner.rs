@@ -172,10 +172,11 @@ pub fn list(
         Engine::CargoTest => {
             command
                 .args(["test", "-p", target.package])
-                .args(selection_features(selection, target));
+                .args(selection_features(selection, target))
+                .args(target.cargo_test_args);
             command
                 .arg("--")
-                .args(name_filter(target, options))
+                .args(name_filter(options))
                 .arg("--list");
         }
     }
@@ -267,13 +268,14 @@ fn run_cargo_test(
     let mut command = workspace::cargo();
     command
         .args(["test", "-p", target.package])
-        .args(selection_features(selection, target));
+        .args(selection_features(selection, target))
+        .args(target.cargo_test_args);
     if !options.fail_fast {
         command.arg("--no-fail-fast");
     }
     command
         .arg("--")
-        .args(name_filter(target, options))
+        .args(name_filter(options))
         .arg("--nocapture");
     if let Some(jobs) = options.jobs {
         command.arg(format!("--test-threads={jobs}"));
@@ -309,15 +311,9 @@ fn selection_features(selection: &Selection, target: &Target) -> Vec<String> {
     }
 }
 
-/// libtest's name filter: the user's, else the dialect a shared-crate target stands for.
-fn name_filter(target: &Target, options: &RunOptions) -> Vec<String> {
-    if let Some(name) = &options.filter {
-        return vec![name.clone()];
-    }
-    match target.name.split_once(':') {
-        Some((_, dialect)) => vec![dialect.to_owned()],
-        None => Vec::new(),
-    }
+/// libtest's name filter: the user's, if any.
+fn name_filter(options: &RunOptions) -> Vec<String> {
+    options.filter.iter().cloned().collect()
 }
 
 /// Writes the nextest tool configuration: profile `xtask` with retries for flaky tests only,

@@ -1,8 +1,10 @@
 //! The test targets: what `cargo xtask test <target>` means, crate by crate.
 //!
 //! A [`Target`] names a package, the features its suite needs, an optional nextest filterset
-//! that narrows the package's tests (the SQL dialects share one crate), and the services it
-//! talks to. A target whose crate directory does not exist yet is reported as "not built yet",
+//! that narrows the package's tests, and the services it talks to. The SQL dialects share the
+//! crate `cachier-sql`, whose tests come in one pair of test binaries per dialect
+//! (`tests/{dialect}.rs` and `tests/conformance_{dialect}.rs`); `sql:X` runs the binaries whose
+//! name contains `X`, and `sql:sqlite` also runs the crate's own unit tests, which need no server. A target whose crate directory does not exist yet is reported as "not built yet",
 //! never as passed.
 
 use crate::services::ServiceKind;
@@ -21,6 +23,9 @@ pub struct Target {
     pub features: &'static [&'static str],
     /// Narrows the package's tests (nextest filterset syntax), for targets that share a crate.
     pub filter: Option<&'static str>,
+    /// The same narrowing for `cargo test` (its target-selection arguments), when nextest is
+    /// not installed.
+    pub cargo_test_args: &'static [&'static str],
     /// Servers the suite needs, resolved before it runs and passed by URL.
     pub services: &'static [ServiceKind],
 }
@@ -50,6 +55,7 @@ pub const TARGETS: &[Target] = &[
         dir: "crates/core",
         features: &["conformance"],
         filter: None,
+        cargo_test_args: &[],
         services: &[],
     },
     Target {
@@ -58,6 +64,7 @@ pub const TARGETS: &[Target] = &[
         dir: "crates/backend-memory",
         features: &[],
         filter: None,
+        cargo_test_args: &[],
         services: &[],
     },
     Target {
@@ -66,6 +73,7 @@ pub const TARGETS: &[Target] = &[
         dir: "crates/backend-file",
         features: &[],
         filter: None,
+        cargo_test_args: &[],
         services: &[],
     },
     Target {
@@ -73,7 +81,8 @@ pub const TARGETS: &[Target] = &[
         package: "cachier-sql",
         dir: "crates/backend-sql",
         features: &["sqlite"],
-        filter: Some("binary(~sqlite) | test(~sqlite)"),
+        filter: Some("binary(~sqlite) | kind(lib)"),
+        cargo_test_args: &["--lib", "--test", "sqlite", "--test", "conformance_sqlite"],
         services: &[],
     },
     Target {
@@ -81,7 +90,8 @@ pub const TARGETS: &[Target] = &[
         package: "cachier-sql",
         dir: "crates/backend-sql",
         features: &["postgres"],
-        filter: Some("binary(~postgres) | test(~postgres)"),
+        filter: Some("binary(~postgres)"),
+        cargo_test_args: &["--test", "postgres", "--test", "conformance_postgres"],
         services: &[Postgres],
     },
     Target {
@@ -89,7 +99,8 @@ pub const TARGETS: &[Target] = &[
         package: "cachier-sql",
         dir: "crates/backend-sql",
         features: &["mysql"],
-        filter: Some("binary(~mysql) | test(~mysql)"),
+        filter: Some("binary(~mysql)"),
+        cargo_test_args: &["--test", "mysql", "--test", "conformance_mysql"],
         services: &[Mysql],
     },
     Target {
@@ -98,6 +109,7 @@ pub const TARGETS: &[Target] = &[
         dir: "crates/backend-redis",
         features: &[],
         filter: None,
+        cargo_test_args: &[],
         services: &[Redis],
     },
     Target {
@@ -106,6 +118,7 @@ pub const TARGETS: &[Target] = &[
         dir: "crates/backend-mongo",
         features: &[],
         filter: None,
+        cargo_test_args: &[],
         services: &[Mongo],
     },
     Target {
@@ -114,6 +127,7 @@ pub const TARGETS: &[Target] = &[
         dir: "crates/plugin",
         features: &[],
         filter: None,
+        cargo_test_args: &[],
         services: &[],
     },
     Target {
@@ -122,6 +136,7 @@ pub const TARGETS: &[Target] = &[
         dir: "xtask",
         features: &[],
         filter: None,
+        cargo_test_args: &[],
         services: &[],
     },
 ];
@@ -237,7 +252,7 @@ mod tests {
         assert_eq!(all.iter().map(|s| s.target).collect::<Vec<_>>(), TARGETS);
         assert_eq!(
             find("sql:mysql").unwrap().filterset(),
-            "package(=cachier-sql) & (binary(~mysql) | test(~mysql))"
+            "package(=cachier-sql) & (binary(~mysql))"
         );
         assert!(find("xtask").unwrap().exists());
     }
