@@ -58,8 +58,7 @@ impl Config {
     pub fn from_url(url: &str) -> Result<Self> {
         let scheme = url.split_once("://").map(|(scheme, _)| scheme);
         match scheme {
-            Some("redis" | "redis+unix" | "unix") => {}
-            Some("rediss") => install_tls_provider(),
+            Some("redis" | "rediss" | "redis+unix" | "unix") => {}
             _ => {
                 return Err(Error::config(
                     "a Redis URL starts with redis://, rediss://, redis+unix:// or unix://",
@@ -84,6 +83,12 @@ impl Config {
 
     /// Uses a client the application already configured (TLS certificates, credentials, ...).
     pub fn from_client(client: redis::Client) -> Self {
+        if matches!(
+            client.get_connection_info().addr(),
+            redis::ConnectionAddr::TcpTls { .. }
+        ) {
+            install_tls_provider();
+        }
         Config {
             client,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,

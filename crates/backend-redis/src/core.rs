@@ -263,8 +263,36 @@ fn expiry_from_pttl(pttl: i64, lease: Duration) -> Timestamp {
     }
 }
 
+/// Whether a `redis` error is a refused TLS handshake (an untrusted or mismatched server
+/// certificate, a protocol mismatch): a configuration problem that retrying does not fix.
+fn is_tls_rejection(e: &RedisError) -> bool {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    let Some(source) = std::error::Error::source(e) else {
+        return false;
+    };
+    let Some(shared) = source.downcast_ref::<Shared>() else {
+        return false;
+    };
+    let inner: &(dyn std::error::Error + Send + Sync + 'static) = &**shared;
+    if inner.is::<rustls::Error>() {
+        return true;
+    }
+    inner
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+        .is_some_and(|e| e.is::<rustls::Error>())
+}
+
 /// Maps a `redis` error to the project's error, with the operation and the backend.
 fn redis_error(operation: &'static str, e: RedisError) -> Error {
+    if is_tls_rejection(&e) {
+        return Error::config(format!(
+            "Redis {operation} failed: the TLS handshake was refused"
+        ))
+        .with_operation(operation)
+        .with_backend(BACKEND)
+        .with_source(e);
+    }
     let kind = match e.kind() {
         redis::ErrorKind::Io => ErrorKind::Unavailable,
         redis::ErrorKind::AuthenticationFailed
@@ -308,9 +336,10 @@ impl Core for RedisCore {
 
     /// One `MGET` of the entry key and the claim key: one round trip, one command.
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        let (entry_key, claim_key) = layout::entry_and_claim_keys(key);
         let (stored, claim): (Option<Vec<u8>>, Option<Vec<u8>>) = redis::cmd("MGET")
-            .arg(layout::entry_key(key))
-            .arg(layout::claim_key(key))
+            .arg(entry_key)
+            .arg(claim_key)
             .query_async(&mut self.connection())
             .await
             .map_err(|e| redis_error("get", e).with_key(key))?;
@@ -355,14 +384,15 @@ impl Core for RedisCore {
             .with_key(key));
         }
         let packed = layout::pack_entry(&value, stored_at);
+        let (entry_key, claim_key) = layout::entry_and_claim_keys(key);
         let _: () = redis::pipe()
             .atomic()
             .cmd("SET")
-            .arg(layout::entry_key(key))
+            .arg(entry_key)
             .arg(packed)
             .ignore()
             .cmd("DEL")
-            .arg(layout::claim_key(key))
+            .arg(claim_key)
             .ignore()
             .cmd("PUBLISH")
             .arg(layout::wake_channel(key))

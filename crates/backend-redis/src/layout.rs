@@ -56,6 +56,15 @@ fn entry_key_parts(namespace: &Namespace, func: &FuncId, hash: &ArgHash) -> Stri
     format!("{{{}:{}:{}}}", namespace, escape_func(func), hash.to_hex())
 }
 
+/// The entry key and the claim key of `key`, built together (the read path needs both).
+pub(crate) fn entry_and_claim_keys(key: &Key) -> (String, String) {
+    let entry = entry_key(key);
+    let mut claim = String::with_capacity(entry.len() + CLAIM_SUFFIX.len());
+    claim.push_str(&entry);
+    claim.push_str(CLAIM_SUFFIX);
+    (entry, claim)
+}
+
 /// The key holding the claim on `key`: the entry key followed by `:claim`.
 pub(crate) fn claim_key(key: &Key) -> String {
     let mut k = entry_key(key);

@@ -321,3 +321,113 @@ async fn a_hit_is_one_read_command() {
 fn panic_compute() -> u64 {
     panic!("a hit must not compute")
 }
+
+/// Makes a throwaway certificate authority and a server certificate for 127.0.0.1 with the
+/// `openssl` command-line tool. Returns (CA, server certificate, server key) paths.
+fn make_certificates(dir: &std::path::Path) -> [std::path::PathBuf; 3] {
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("the openssl command-line tool is installed");
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=cachier test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.cnf",
+        "-out",
+        "server.crt",
+    ]);
+    ["ca.crt", "server.crt", "server.key"].map(|f| dir.join(f))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections_carry_commands_and_wake_ups() {
+    let certs = tempfile::tempdir().unwrap();
+    let [ca, cert, key_file] = make_certificates(certs.path());
+    let server = PrivateServer::start_tls(&cert, &key_file, &ca);
+    let ns = unique_namespace("tls");
+
+    // The system's roots do not trust the test CA: a clean error, not a hang.
+    let untrusted = Config::from_url(&server.url())
+        .unwrap()
+        .with_connect_timeout(Duration::from_secs(2));
+    let err = RedisCore::connect(untrusted).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(!err.is_retryable());
+
+    let client = redis::Client::build_with_tls(
+        server.url(),
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(&ca).unwrap()),
+        },
+    )
+    .unwrap();
+    let config = Config::from_client(client).with_wait_poll_interval(Duration::from_secs(60));
+    let core = Arc::new(RedisCore::connect(config.clone()).await.unwrap());
+    let writer = RedisCore::connect(config).await.unwrap();
+    let k = key(&ns, 1);
+    let Claim::Acquired(_) = writer.claim(&k, Duration::from_secs(60)).await.unwrap() else {
+        panic!("cold key");
+    };
+    let waiter = tokio::spawn({
+        let (core, k) = (core.clone(), k.clone());
+        async move { core.wait(&k, Duration::from_secs(30)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    writer
+        .set(&k, Bytes::from_static(b"over tls"), Timestamp::now())
+        .await
+        .unwrap();
+    let entry = waiter.await.unwrap().unwrap().unwrap();
+    assert_eq!(entry.value.as_deref(), Some(&b"over tls"[..]));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -3,7 +3,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,15 +124,41 @@ pub fn admin(url: &str) -> redis::Connection {
 pub struct PrivateServer {
     child: Option<Child>,
     port: u16,
+    tls: bool,
+    extra_args: Vec<String>,
     dir: tempfile::TempDir,
 }
 
 impl PrivateServer {
     pub fn start() -> Self {
+        Self::start_with(false, Vec::new())
+    }
+
+    /// A server that speaks only TLS, with the given certificate files (PEM).
+    pub fn start_tls(cert: &Path, key: &Path, ca: &Path) -> Self {
+        let path = |p: &Path| p.display().to_string();
+        Self::start_with(
+            true,
+            vec![
+                "--tls-cert-file".into(),
+                path(cert),
+                "--tls-key-file".into(),
+                path(key),
+                "--tls-ca-cert-file".into(),
+                path(ca),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+        )
+    }
+
+    fn start_with(tls: bool, extra_args: Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let mut server = PrivateServer {
             child: None,
             port: free_port(),
+            tls,
+            extra_args,
             dir,
         };
         server.spawn();
@@ -139,7 +166,8 @@ impl PrivateServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -147,25 +175,27 @@ impl PrivateServer {
     }
 
     fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let ports = if self.tls {
+            vec!["--port", "0", "--tls-port", &port]
+        } else {
+            vec!["--port", &port]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(ports)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is installed (apt-get install redis-server)");
         self.child = Some(child);
+        // Listening means ready: Redis binds its port after start-up (nothing to load here).
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ping = redis::Client::open(self.url().as_str())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if ping.is_ok() {
-                return;
-            }
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "private redis-server did not start on port {}",
