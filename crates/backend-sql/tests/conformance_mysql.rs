@@ -1,0 +1,27 @@
+//! The conformance suite on mysql: the MySQL/MariaDB server named by CACHIER_TEST_MYSQL_URL.
+
+#![cfg(feature = "mysql")]
+
+use std::sync::Arc;
+
+use cachier_core::Core;
+use cachier_sql::SqlCore;
+use tokio::sync::OnceCell;
+
+/// One pool per process, shared by every check (each runs on its own runtime; the pool does not
+/// depend on one).
+async fn make_core() -> Arc<dyn Core> {
+    static CORE: OnceCell<SqlCore> = OnceCell::const_new();
+    let core = CORE
+        .get_or_init(|| async {
+            let url = std::env::var("CACHIER_TEST_MYSQL_URL")
+                .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+            SqlCore::from_url(&url)
+                .await
+                .unwrap_or_else(|e| panic!("cannot open the mysql test database: {e}"))
+        })
+        .await;
+    Arc::new(core.clone())
+}
+
+cachier_core::conformance_suite!(make_core);
