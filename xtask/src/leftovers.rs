@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crate::process;
-use crate::services::{Service, test_namespace_pid};
+use crate::services::{Service, is_test_namespace, test_namespace_pid};
 use crate::workspace;
 
 /// The directory the file backend's tests keep their namespaces in (`CACHIER_TEST_FILE_DIR`).
@@ -64,7 +64,7 @@ fn file_namespaces(dir: &Path) -> Result<Vec<String>, String> {
     Ok(entries
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| test_namespace_pid(name).is_some())
+        .filter(|name| is_test_namespace(name))
         .collect())
 }
 
@@ -87,8 +87,7 @@ impl Report {
             ..Report::default()
         };
         for item in &after.found {
-            let pid = test_namespace_pid(&item.1).expect("snapshots hold test namespaces only");
-            if process::pid_alive(pid) {
+            if test_namespace_pid(&item.1).is_some_and(process::pid_alive) {
                 continue;
             }
             if before.found.contains(item) {

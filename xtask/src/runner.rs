@@ -174,10 +174,7 @@ pub fn list(
                 .args(["test", "-p", target.package])
                 .args(selection_features(selection, target))
                 .args(target.cargo_test_args);
-            command
-                .arg("--")
-                .args(name_filter(options))
-                .arg("--list");
+            command.arg("--").args(name_filter(options)).arg("--list");
         }
     }
     let status = command

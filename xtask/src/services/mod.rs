@@ -365,12 +365,22 @@ pub fn spawn(command: &mut Command, log: &Path, detach: bool) -> Result<Child, S
         .map_err(|e| format!("cannot start {program}: {e}"))
 }
 
-/// Whether `name` is a test namespace by the conformance suite's convention
-/// `t_{pid}_{test name}_{random}`; returns the pid of the process that made it.
+/// Whether `name` is a test namespace: it starts with `t_` (the conformance suite's convention
+/// is `t_{pid}_{test name}_{random}`).
+pub fn is_test_namespace(name: &str) -> bool {
+    name.len() > 2 && name.starts_with("t_")
+}
+
+/// The pid of the process that made a test namespace: the first part of the name, between
+/// underscores, that is a number (`t_{pid}_...`; some suites put the test name first,
+/// `t_{test}_{pid}_...`). `None` when the name holds no number.
 pub fn test_namespace_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix("t_")?;
-    let (pid, _) = rest.split_once('_')?;
-    pid.parse().ok()
+    if !is_test_namespace(name) {
+        return None;
+    }
+    name[2..]
+        .split('_')
+        .find_map(|part| part.parse().ok().filter(|&pid| pid > 1))
 }
 
 #[cfg(test)]
@@ -413,10 +423,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn test_namespaces_are_recognised_by_their_pid() {
+    fn test_namespaces_are_recognised_with_their_pid() {
         assert_eq!(test_namespace_pid("t_4242_round_trip_9f3a"), Some(4242));
-        assert_eq!(test_namespace_pid("t_x_round_trip"), None);
-        assert_eq!(test_namespace_pid("cachier"), None);
+        assert_eq!(test_namespace_pid("t_round_trip_4242_0_9f3a"), Some(4242));
+        assert_eq!(test_namespace_pid("t_round_trip"), None);
+        assert!(is_test_namespace("t_round_trip"));
+        assert!(!is_test_namespace("cachier") && !is_test_namespace("t_"));
     }
 
     #[test]

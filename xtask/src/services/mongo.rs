@@ -7,8 +7,11 @@
 //! [`setup`] (`cargo xtask setup-mongo`) creates — automatically when a server is needed and
 //! none is installed.
 //!
-//! The backend keeps one collection per namespace, so leftovers are collections (or databases)
-//! named `t_...`, found with `listDatabases` and `listCollections`.
+//! The backend (`crates/backend-mongo/src/config.rs`) keeps one collection per namespace, named
+//! by its collection prefix (default `cachier_`) and the namespace with `_`, `.` and `-` escaped
+//! as `__`, `_d` and `_h`: namespace `t_1_a` lives in `cachier_t__1__a`. Leftovers are such
+//! collections (and databases or collections named `t_...` outright), found with
+//! `listDatabases` and `listCollections` in every database.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::bson::{Document, Value};
-use super::{Launch, ServiceUrl, connect, missing, spawn, test_namespace_pid};
+use super::{Launch, ServiceUrl, connect, is_test_namespace, missing, spawn};
 use crate::{process, workspace};
 
 /// The pinned packages of the wire server.
@@ -191,13 +194,37 @@ pub fn test_namespaces(url: &str) -> Result<Vec<String>, String> {
         let listing = command("listCollections", &database).with("cursor", Value::Document(cursor));
         let reply = run_command(&mut stream, &listing)?;
         let batch = reply.document("cursor").and_then(|c| c.get("firstBatch"));
-        names.extend(names_in(batch));
+        names.extend(names_in(batch).iter().map(|c| namespace_of_collection(c)));
         names.push(database);
     }
-    names.retain(|n| test_namespace_pid(n).is_some());
+    names.retain(|n| is_test_namespace(n));
     names.sort();
     names.dedup();
     Ok(names)
+}
+
+/// The namespace a collection holds: the backend's default prefix removed and its escapes
+/// undone; other names are returned as they are.
+fn namespace_of_collection(collection: &str) -> String {
+    let Some(escaped) = collection.strip_prefix("cachier_") else {
+        return collection.to_owned();
+    };
+    let mut namespace = String::with_capacity(escaped.len());
+    let mut chars = escaped.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('_', Some(next @ ('_' | 'd' | 'h'))) => {
+                chars.next();
+                namespace.push(match next {
+                    '_' => '_',
+                    'd' => '.',
+                    _ => '-',
+                });
+            }
+            (c, _) => namespace.push(c),
+        }
+    }
+    namespace
 }
 
 /// The `name` fields of an array of documents.
@@ -240,7 +267,12 @@ mod tests {
         };
         let service = wait_until_answering(service).unwrap();
         let mut stream = connect(([127, 0, 0, 1], port).into()).unwrap();
-        for collection in ["t_21_a_ff", "cachier"] {
+        for collection in [
+            "cachier_t__21__a_dx_hy",
+            "t_22_plain",
+            "cachier_app",
+            "other",
+        ] {
             let doc = Document::default().with("func", Value::String("f".into()));
             let insert = Document::default()
                 .with("insert", Value::String(collection.into()))
@@ -248,7 +280,10 @@ mod tests {
                 .with("$db", Value::String("cachier_test".into()));
             run_command(&mut stream, &insert).unwrap();
         }
-        assert_eq!(test_namespaces(&service.url).unwrap(), vec!["t_21_a_ff"]);
+        assert_eq!(
+            test_namespaces(&service.url).unwrap(),
+            vec!["t_21_a.x-y", "t_22_plain"]
+        );
         service.stop().unwrap();
     }
 }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::{Launch, ServiceUrl, connect, missing, spawn, test_namespace_pid};
+use super::{Launch, ServiceUrl, connect, is_test_namespace, missing, spawn};
 use crate::process;
 
 const INSTALL: &str = "apt-get install -y postgresql";
@@ -157,7 +157,7 @@ pub fn test_namespaces(url: &str) -> Result<Vec<String>, String> {
             names.push(line);
         }
     }
-    names.retain(|n| test_namespace_pid(n).is_some());
+    names.retain(|n| is_test_namespace(n));
     names.sort();
     names.dedup();
     Ok(names)

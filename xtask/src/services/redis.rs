@@ -1,15 +1,16 @@
 //! Redis: the probe (`PING`), a throwaway `redis-server`, and the test keys left behind.
 //!
-//! The backend stores every entry under `{namespace}:{func}:{hash}`, so a test namespace shows
-//! up as keys beginning with `t_`; they are found with `SCAN ... MATCH t_*` over RESP, spoken
-//! directly on a TCP socket.
+//! The backend (`crates/backend-redis/src/layout.rs`) stores an entry under the hash-tagged key
+//! `{namespace:func:hash}` and its claim under `{namespace:func:hash}:claim`, so a test
+//! namespace shows up as keys beginning with `{t_`. They are found with `SCAN ... MATCH`
+//! over RESP, spoken directly on a TCP socket; keys without the brace are recognised too.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 
-use super::{Launch, ServiceUrl, connect, missing, spawn, test_namespace_pid};
+use super::{Launch, ServiceUrl, connect, is_test_namespace, missing, spawn};
 use crate::process;
 
 /// The URL of a Redis server on 127.0.0.1 at `port`.
@@ -62,7 +63,7 @@ pub fn test_namespaces(url: &str) -> Result<Vec<String>, String> {
     let mut namespaces = std::collections::BTreeSet::new();
     let mut cursor = "0".to_owned();
     loop {
-        let reply = conn.call(&["SCAN", &cursor, "MATCH", "t_*", "COUNT", "1000"])?;
+        let reply = conn.call(&["SCAN", &cursor, "MATCH", "*t_*", "COUNT", "1000"])?;
         let Reply::Array(mut parts) = reply else {
             return Err(format!("unexpected SCAN reply {reply:?}"));
         };
@@ -71,11 +72,10 @@ pub fn test_namespaces(url: &str) -> Result<Vec<String>, String> {
             return Err("unexpected SCAN reply shape".to_owned());
         };
         for key in keys {
-            if let Reply::Bulk(Some(key)) = key {
-                let namespace = key.split(':').next().unwrap_or_default();
-                if test_namespace_pid(namespace).is_some() {
-                    namespaces.insert(namespace.to_owned());
-                }
+            if let Reply::Bulk(Some(key)) = key
+                && let Some(namespace) = namespace_of_key(&key)
+            {
+                namespaces.insert(namespace.to_owned());
             }
         }
         cursor = next;
@@ -83,6 +83,14 @@ pub fn test_namespaces(url: &str) -> Result<Vec<String>, String> {
             return Ok(namespaces.into_iter().collect());
         }
     }
+}
+
+/// The test namespace a key belongs to: the part before the first `:`, without the hash-tag
+/// brace.
+fn namespace_of_key(key: &str) -> Option<&str> {
+    let unbraced = key.strip_prefix('{').unwrap_or(key);
+    let namespace = unbraced.split(':').next().unwrap_or_default();
+    is_test_namespace(namespace).then_some(namespace)
 }
 
 fn expect_ok(reply: Reply, what: &str) -> Result<(), String> {
@@ -213,12 +221,14 @@ mod tests {
         };
         let service = super::super::wait_until_answering(service).unwrap();
         let mut conn = Connection::open(([127, 0, 0, 1], port).into()).unwrap();
-        for key in [
-            "t_77_round_trip_ab12:f:h1",
-            "t_77_round_trip_ab12:f:h2",
-            "cachier:f:h",
-            "t_x",
-        ] {
+        let keys = [
+            "{t_77_round_trip_ab12:f:h1}",
+            "{t_77_round_trip_ab12:f:h1}:claim",
+            "t_78_plain_cd34:f:h2",
+            "{cachier:t_f:h}",
+            "{cachier:f:h}",
+        ];
+        for key in keys {
             assert_eq!(
                 conn.call(&["SET", key, "v"]).unwrap(),
                 Reply::Status("OK".into())
@@ -226,7 +236,7 @@ mod tests {
         }
         assert_eq!(
             test_namespaces(&service.url).unwrap(),
-            vec!["t_77_round_trip_ab12"]
+            vec!["t_77_round_trip_ab12", "t_78_plain_cd34"]
         );
         service.stop().unwrap();
     }
