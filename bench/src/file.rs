@@ -1,0 +1,282 @@
+//! The file target: `cachier_file::FileCore` through the front end, against `std::fs::read` of
+//! the very entry file the backend wrote, in a temporary directory under `target/bench`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cachier_core::codec::{self, DEFAULT_DECODE_LIMIT};
+use cachier_core::{Cachier, Core, DefaultCodec, Function, Key};
+use cachier_file::{Config, FileCore};
+
+use crate::compare;
+use crate::memory::count_label;
+use crate::report::{Report, Row, Unit};
+use crate::suite::{
+    BenchResult, Context, Ctx, HIT_SIZES, SCALE_PROBES, THROUGHPUT_TASKS, add_throughput,
+    check_hits_only, func, populate, probes, stampede, store_and_check, value_of,
+};
+use crate::throughput;
+
+const TARGET: &str = "file";
+
+/// The entry file header of the file backend's layout (see the `cachier-file` crate docs).
+const ENTRY_HEADER_LEN: usize = 32;
+
+fn cache_over(core: Arc<FileCore>, ctx: &Ctx) -> BenchResult<Cachier> {
+    Ok(Cachier::builder(core)
+        .namespace(format!("bench-{}", ctx.run_id))
+        .ctx("namespace")?
+        .strict(true)
+        .build())
+}
+
+/// Finds the file named `name` under `dir` (the entry file of a key, whose name is its hash).
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// The entry file of `args` for `f`, checked to hold the stored value.
+fn entry_path(core: &FileCore, f: &Function, args: u64, sealed: &[u8]) -> BenchResult<PathBuf> {
+    let key = f.key(&args).ctx("key")?;
+    let path = find_file(core.root(), &key.hash.to_hex())
+        .ok_or("the file backend's entry file was not found (layout changed?)")?;
+    let bytes = std::fs::read(&path).ctx("read entry")?;
+    if bytes.len() != ENTRY_HEADER_LEN + sealed.len() || bytes[ENTRY_HEADER_LEN..] != *sealed {
+        return Err(format!(
+            "{} does not hold the stored value after a {ENTRY_HEADER_LEN}-byte header",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// Runs every file measurement in a fresh directory, and removes it afterwards.
+pub async fn run(ctx: &Ctx, report: &mut Report) -> BenchResult<bool> {
+    let dir = crate::output_dir().join(format!("file-{}", ctx.run_id));
+    let outcome = measure(ctx, &dir, report).await;
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        eprintln!("cachier-bench: could not remove {}: {e}", dir.display());
+    }
+    outcome
+}
+
+async fn measure(ctx: &Ctx, dir: &Path, report: &mut Report) -> BenchResult<bool> {
+    let plan = ctx.plan;
+    let core = Arc::new(FileCore::open(Config::new(dir.join("store"))).ctx("open")?);
+    let cache = cache_over(core.clone(), ctx)?;
+
+    // Hits of 100 B, 64 KiB and 8 MiB.
+    for (size, label) in HIT_SIZES {
+        let f = cache.function(func(&format!("hit_{size}")));
+        let value = value_of(size);
+        store_and_check(&f, 0, &value).await?;
+        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+        let path = entry_path(&core, &f, 0, &sealed)?;
+        let before = f.stats();
+        let series = compare!(plan, {
+            "cachier call" => f.call(&0u64, || async { Vec::<u8>::new() }).await,
+            "std::fs::read" => std::fs::read(&path),
+            "std::fs::read + codec::open" => std::fs::read(&path).map(|b| {
+                codec::open::<DefaultCodec, Vec<u8>>(&b[ENTRY_HEADER_LEN..], DEFAULT_DECODE_LIMIT)
+            }),
+            "tokio::fs::read" => tokio::fs::read(&path).await,
+        });
+        check_hits_only(&format!("file hit {label}"), &before, &f.stats())?;
+        report.add_comparison(
+            TARGET,
+            &format!("hit {label}"),
+            &series,
+            &[(1, 1.5)],
+            "the same entry file; value: Vec<u8>",
+        );
+        if size == 100 {
+            breakdown(ctx, &core, &f, &path, &sealed, report).await?;
+        }
+    }
+
+    // Miss + store of 100 B.
+    {
+        let f = cache.function(func("miss_store"));
+        let value = value_of(100);
+        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+        let raw_dir = dir.join("raw");
+        std::fs::create_dir_all(&raw_dir).ctx("raw dir")?;
+        let (mut n, mut m, mut r) = (0u64, 0u64, 0u64);
+        let series = compare!(plan, {
+            "cachier call (miss, compute, store)" => {
+                n += 1;
+                let v = value.clone();
+                f.call(&n, move || async move { v }).await
+            },
+            "std::fs::write (new file)" => {
+                m += 1;
+                std::fs::write(raw_dir.join(format!("w{m}")), &sealed)
+            },
+            "std::fs::write temp + rename" => {
+                r += 1;
+                let tmp = raw_dir.join(format!(".r{r}.tmp"));
+                std::fs::write(&tmp, &sealed).and_then(|()| std::fs::rename(&tmp, raw_dir.join(format!("r{r}"))))
+            },
+        });
+        let stats = f.stats();
+        if stats.computations != n || stats.backend_errors != 0 {
+            return Err(format!(
+                "file miss+store: {n} calls but {} computations, {} backend errors",
+                stats.computations, stats.backend_errors
+            ));
+        }
+        report.add_comparison(
+            TARGET,
+            "miss + store 100 B",
+            &series,
+            &[],
+            "durability: rename (no fsync), the backend's default",
+        );
+    }
+
+    let stampede_ok = stampede(TARGET, &cache, if ctx.quick { 3 } else { 10 }, report).await?;
+
+    // Hit throughput.
+    {
+        let f = cache.function(func("throughput"));
+        let value = value_of(100);
+        store_and_check(&f, 0, &value).await?;
+        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+        let path = Arc::new(entry_path(&core, &f, 0, &sealed)?);
+        for tasks in THROUGHPUT_TASKS {
+            let before = f.stats();
+            let (mut ours, mut std_read, mut tokio_read) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..plan.throughput_rounds {
+                ours.push(throughput!(tasks, plan.throughput_time, f, |f| f
+                    .call(&0u64, || async { Vec::<u8>::new() })
+                    .await));
+                std_read.push(throughput!(tasks, plan.throughput_time, path, |p| {
+                    std::fs::read(p.as_path())
+                }));
+                tokio_read.push(throughput!(tasks, plan.throughput_time, path, |p| {
+                    tokio::fs::read(p.as_path()).await
+                }));
+            }
+            check_hits_only("file throughput", &before, &f.stats())?;
+            add_throughput(
+                report,
+                TARGET,
+                tasks,
+                &ours,
+                &[
+                    ("std::fs::read (blocks the worker)", std_read),
+                    ("tokio::fs::read", tokio_read),
+                ],
+            );
+        }
+    }
+
+    // Hit cost with many entries stored: one directory per count, removed after.
+    for n in ctx.scale_counts(!ctx.quick) {
+        let scale_dir = dir.join(format!("scale-{n}"));
+        let core = Arc::new(FileCore::open(Config::new(&scale_dir)).ctx("open")?);
+        let cache = cache_over(core.clone(), ctx)?;
+        let f = cache.function(func("scale"));
+        let value = value_of(100);
+        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+        let keys: Vec<Key> = (0..n as u64)
+            .map(|i| f.key(&i))
+            .collect::<Result<_, _>>()
+            .ctx("keys")?;
+        let t0 = std::time::Instant::now();
+        populate(core.clone(), keys, &sealed, 4).await?;
+        eprintln!(
+            "cachier-bench: file: {n} entries stored in {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
+        let probe = probes(n, SCALE_PROBES);
+        let func_dir = entry_path(&core, &f, probe[0], &sealed)?
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or("entry file without a directory")?;
+        let paths: Vec<PathBuf> = probe
+            .iter()
+            .map(|i| f.key(i).map(|k| func_dir.join(k.hash.to_hex())))
+            .collect::<Result<_, _>>()
+            .ctx("paths")?;
+        let (mut a, mut b) = (0usize, 0usize);
+        let before = f.stats();
+        let series = compare!(plan, {
+            "cachier call" => {
+                a = (a + 1) % probe.len();
+                f.call(&probe[a], || async { Vec::<u8>::new() }).await
+            },
+            "std::fs::read" => { b = (b + 1) % paths.len(); std::fs::read(&paths[b]) },
+        });
+        check_hits_only("file scale", &before, &f.stats())?;
+        report.add_comparison(
+            TARGET,
+            &format!("hit 100 B, {} entries", count_label(n)),
+            &series,
+            &[(1, 1.5)],
+            &format!(
+                "one directory; lookups cycle over {} random stored keys",
+                probe.len()
+            ),
+        );
+        drop(cache);
+        std::fs::remove_dir_all(&scale_dir).ctx("remove scale dir")?;
+    }
+    Ok(stampede_ok)
+}
+
+/// Where the time of a 100 B file hit goes.
+async fn breakdown(
+    ctx: &Ctx,
+    core: &Arc<FileCore>,
+    f: &Function,
+    path: &Path,
+    sealed: &[u8],
+    report: &mut Report,
+) -> BenchResult<()> {
+    let key = f.key(&0u64).ctx("key")?;
+    let dyn_core: Arc<dyn Core> = core.clone();
+    let claim_path = path.with_file_name(format!("{}.claim", key.hash.to_hex()));
+    let before = f.stats();
+    let series = compare!(ctx.plan, {
+        "cachier call" => f.call(&0u64, || async { Vec::<u8>::new() }).await,
+        "core.get (spawn_blocking: read entry + open claim)" => dyn_core.get(&key).await,
+        "std::fs::read of the entry" => std::fs::read(path),
+        "File::open of the absent claim file" => std::fs::File::open(&claim_path).is_ok(),
+        "spawn_blocking round trip (empty)" => tokio::task::spawn_blocking(|| 0u8).await,
+        "codec::open (crc32 + bincode)" =>
+            codec::open::<DefaultCodec, Vec<u8>>(sealed, DEFAULT_DECODE_LIMIT),
+    });
+    check_hits_only("file breakdown", &before, &f.stats())?;
+    let call = series[0].summary().median;
+    let get = series[1].summary().median;
+    report.add_comparison(
+        TARGET,
+        "hit 100 B: where the time goes",
+        &series,
+        &[],
+        "each part timed alone; ratio = call / part",
+    );
+    report.push(Row {
+        target: TARGET,
+        case: "hit 100 B: where the time goes".into(),
+        variant: "front end outside core.get (call - get)".into(),
+        unit: Unit::NsPerOp,
+        value: crate::harness::Summary::single(call - get),
+        baseline: None,
+        ratio: None,
+        goal: None,
+        note: "key hash, decode, counters".into(),
+    });
+    Ok(())
+}
