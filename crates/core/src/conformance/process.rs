@@ -142,7 +142,7 @@ pub async fn cross_process_dead_holder(h: &Harness) -> Outcome {
     let mut lines = BufReader::new(stdout).lines();
     let claimed = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.expect("child stdout") {
-            if line.starts_with("dead_holder claimed") {
+            if line.contains("dead_holder claimed") {
                 return true;
             }
         }
@@ -235,7 +235,8 @@ pub fn child_main(h: Harness) {
                     Claim::Acquired(_) => {}
                     Claim::Held { .. } => panic!("the key was already claimed"),
                 }
-                println!("dead_holder claimed");
+                // On a line of its own: libtest may have printed "test ... " before it.
+                println!("\ndead_holder claimed");
                 std::io::stdout().flush().expect("flush");
                 // Hold the claim without renewing or releasing until the parent kills us.
                 tokio::time::sleep(Duration::from_secs(300)).await;
