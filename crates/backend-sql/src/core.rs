@@ -995,6 +995,7 @@ enum DbError {
     Pool(PoolError),
     Query(DieselError),
     Migration(Box<dyn std::error::Error + Send + Sync>),
+    Directory(std::io::Error),
     NoLiveConnection,
 }
 
@@ -1006,6 +1007,14 @@ impl DbError {
             }
             DbError::NoLiveConnection => {
                 Error::unavailable("no live database connection after a connection was lost")
+            }
+            DbError::Directory(e) => {
+                let kind = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    ErrorKind::PermissionDenied
+                } else {
+                    ErrorKind::Config
+                };
+                Error::new(kind, "the SQLite file's directory cannot be created").with_source(e)
             }
             DbError::Migration(e) => {
                 Error::new(ErrorKind::Backend, "creating or migrating the table failed")
@@ -1063,7 +1072,7 @@ fn open_sqlite(config: &Config) -> Result<r2d2::Pool<Manager<SqliteConnection>>,
     let url = match &config.target {
         Target::SqliteFile(path) => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| DbError::Migration(Box::new(e)))?;
+                std::fs::create_dir_all(dir).map_err(DbError::Directory)?;
             }
             path.to_string_lossy().into_owned()
         }

@@ -95,6 +95,18 @@
 //! and writers — threads or processes — take turns on the file, so heavy concurrent writing to
 //! one SQLite file serializes.
 
+//!
+//! # Tests
+//!
+//! `cargo test -p cachier-sql --all-features` runs, for each dialect, the shared conformance
+//! suite (`tests/conformance_*.rs`) and this crate's own checks (`tests/{sqlite,postgres,mysql}.rs`:
+//! hostile function ids and table names, size limits, migrations raced by several processes, a
+//! private PostgreSQL server restarted under a live pool). The servers come from
+//! `CACHIER_TEST_POSTGRES_URL` (default `postgres://postgres@127.0.0.1:5432/test`) and
+//! `CACHIER_TEST_MYSQL_URL` (default `mysql://root@127.0.0.1:3306/test`); SQLite uses a file
+//! under the target's temporary directory. Every test works in a namespace of its own and clears
+//! it afterwards.
+
 #[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
 compile_error!("cachier-sql needs at least one of the features `sqlite`, `postgres`, `mysql`");
 
