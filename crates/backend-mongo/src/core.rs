@@ -234,10 +234,11 @@ impl MongoCore {
         Ok(collection)
     }
 
-    /// Takes over a claim whose document exists but whose `claim_until` is not a live claim in a
-    /// form the normal filter matches (missing, null or of a foreign type): one compare-and-set
-    /// on the document's `_id` and the exact `claim_until` value read.
-    async fn claim_broken(
+    /// Takes the claim of a document read after a refused claim whose `claim_until` is no live
+    /// claim: missing or null (the claim ended between the update and the read) or of a foreign
+    /// type the claim filter cannot compare. One compare-and-set on the document's `_id` and the
+    /// exact `claim_until` value read, so of several callers doing this at once one wins.
+    async fn take_over_claim(
         &self,
         collection: &Collection<Document>,
         key: &Key,
@@ -381,7 +382,9 @@ impl Core for MongoCore {
                             "MongoDB document has a malformed claim; taking the claim over"
                         );
                     }
-                    if let Some(token) = self.claim_broken(&collection, key, &holder, lease).await?
+                    if let Some(token) = self
+                        .take_over_claim(&collection, key, &holder, lease)
+                        .await?
                     {
                         return Ok(Claim::Acquired(token));
                     }
