@@ -79,6 +79,23 @@
 //! server's `proto-max-bulk-len` is lower. Redis' `maxmemory` eviction may remove entries or
 //! claims at any time; an evicted claim only lets a second computation start.
 //!
+//! # Errors and outages
+//!
+//! Every error names the operation, the backend (`redis`) and the key (or function, or
+//! namespace). A server that cannot be reached, a timeout, a dropped connection, or a server
+//! that is loading, read-only or in a cluster failover is [`ErrorKind::Unavailable`] and
+//! retryable; a refused TLS handshake or a bad URL is [`ErrorKind::Config`]; refused
+//! credentials are [`ErrorKind::PermissionDenied`]. Lost connections are re-opened by the next
+//! call (a couple of quick attempts, [`Config::with_reconnect_attempts`]), so a server that is
+//! down fails calls within about a second instead of hanging them, and the front end computes
+//! anyway unless it is `strict`. A waiter whose reads start failing mid-wait retries a few
+//! times before it gives up; the pub/sub connection reconnects in the background and
+//! re-subscribes.
+//!
+//! [`ErrorKind::Unavailable`]: cachier_core::ErrorKind::Unavailable
+//! [`ErrorKind::Config`]: cachier_core::ErrorKind::Config
+//! [`ErrorKind::PermissionDenied`]: cachier_core::ErrorKind::PermissionDenied
+//!
 //! # Runtimes
 //!
 //! A core belongs to the Tokio runtime it was created on: the `redis` crate drives its
