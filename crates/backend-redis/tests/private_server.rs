@@ -221,8 +221,9 @@ async fn a_server_that_is_down_fails_calls_fast_and_the_front_end_computes() {
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
         assert!(err.is_retryable());
     }
+    // Five calls, each failing within about a second.
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
