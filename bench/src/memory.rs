@@ -1,6 +1,7 @@
 //! The memory target: `cachier_memory::MemoryCore` through the front end, against a `HashMap`
 //! get + decode with the same codec, a `moka` sync cache hit and a `cached` store hit of the same
-//! value.
+//! value. The `cached` store is used the way its memoization macros use it: an `UnboundCache`
+//! behind a mutex, the value cloned out on a hit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,15 +15,11 @@ use crate::compare;
 use crate::report::{Report, Row, Unit};
 use crate::suite::{
     BenchResult, Context, Ctx, HIT_SIZES, SCALE_PROBES, THROUGHPUT_TASKS, add_throughput,
-    check_hits_only, func, probes, stampede, store_and_check, value_of,
+    Payload, check_hits_only, func, probes, stampede, store_and_check, value_of,
 };
 use crate::throughput;
 
 const TARGET: &str = "memory";
-
-/// The store of the `cached` crate as its memoization macros use it: an `UnboundCache` behind
-/// a mutex, the value cloned out on a hit.
-type CachedStore = Arc<Mutex<cached::UnboundCache<u64, Vec<u8>>>>;
 
 fn cache_over(core: Arc<MemoryCore>, ctx: &Ctx) -> BenchResult<Cachier> {
     Ok(Cachier::builder(core)
@@ -40,51 +37,16 @@ fn moka_with(entries: impl Iterator<Item = (u64, Vec<u8>)>) -> moka::sync::Cache
     cache
 }
 
-fn cached_get(store: &CachedStore, key: u64) -> Option<Vec<u8>> {
-    store
-        .lock()
-        .ok()
-        .and_then(|mut c| c.cache_get(&key).cloned())
-}
-
 /// Runs every memory measurement.
 pub async fn run(ctx: &Ctx, report: &mut Report) -> BenchResult<bool> {
     let plan = ctx.plan;
 
-    // Hits of 100 B, 64 KiB and 8 MiB.
+    // Hits of 100 B, 64 KiB and 8 MiB, as Vec<u8> and as String.
     for (size, label) in HIT_SIZES {
-        let core = Arc::new(MemoryCore::new());
-        let cache = cache_over(core, ctx)?;
-        let f = cache.function(func(&format!("hit_{size}")));
-        let value = value_of(size);
-        store_and_check(&f, 0, &value).await?;
-        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
-        let map: HashMap<u64, Vec<u8>> = HashMap::from([(0u64, sealed)]);
-        let moka = moka_with(std::iter::once((0u64, value.clone())));
-        let cached: CachedStore = Arc::new(Mutex::new(cached::UnboundCache::new()));
-        cached
-            .lock()
-            .map_err(|_| "poisoned")?
-            .cache_set(0, value.clone());
-        let before = f.stats();
-        let series = compare!(plan, {
-            "cachier call" => f.call(&0u64, || async { Vec::<u8>::new() }).await,
-            "HashMap get + codec::open" =>
-                codec::open::<DefaultCodec, Vec<u8>>(&map[&0u64], DEFAULT_DECODE_LIMIT),
-            "moka get" => moka.get(&0u64),
-            "cached get" => cached_get(&cached, 0),
-        });
-        check_hits_only(&format!("memory hit {label}"), &before, &f.stats())?;
-        report.add_comparison(
-            TARGET,
-            &format!("hit {label}"),
-            &series,
-            &[(2, 3.0)],
-            "value: Vec<u8>; key: a u64 argument",
-        );
-        if size == 100 {
-            breakdown(ctx, &cache, &f, &map, report).await?;
-        }
+        hit_case::<Vec<u8>>(ctx, size, label, report).await?;
+    }
+    for (size, label) in HIT_SIZES {
+        hit_case::<String>(ctx, size, label, report).await?;
     }
 
     // Miss + store of 100 B: a new key every call.
@@ -192,6 +154,50 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> BenchResult<bool> {
         );
     }
     Ok(stampede_ok)
+}
+
+/// A hit of a `size`-byte value of type `T`, against the same value in a `HashMap` (decoded
+/// with the same codec), a `moka` cache and a `cached` store.
+async fn hit_case<T: Payload>(
+    ctx: &Ctx,
+    size: usize,
+    label: &str,
+    report: &mut Report,
+) -> BenchResult<()> {
+    let core = Arc::new(MemoryCore::new());
+    let cache = cache_over(core, ctx)?;
+    let f = cache.function(func(&format!("hit_{size}")));
+    let value = T::make(size);
+    store_and_check(&f, 0, &value).await?;
+    let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+    let map: HashMap<u64, Vec<u8>> = HashMap::from([(0u64, sealed)]);
+    let moka = moka::sync::Cache::new(u64::MAX);
+    moka.insert(0u64, value.clone());
+    let cached = Mutex::new(cached::UnboundCache::<u64, T>::new());
+    cached
+        .lock()
+        .map_err(|_| "poisoned")?
+        .cache_set(0, value.clone());
+    let before = f.stats();
+    let series = compare!(ctx.plan, {
+        "cachier call" => f.call(&0u64, || async { T::default() }).await,
+        "HashMap get + codec::open" =>
+            codec::open::<DefaultCodec, T>(&map[&0u64], DEFAULT_DECODE_LIMIT),
+        "moka get" => moka.get(&0u64),
+        "cached get" => cached.lock().ok().and_then(|mut c| c.cache_get(&0u64).cloned()),
+    });
+    check_hits_only(&format!("memory hit {label}"), &before, &f.stats())?;
+    report.add_comparison(
+        TARGET,
+        &format!("hit {label} {}", T::NAME),
+        &series,
+        &[(2, 3.0)],
+        "key: a u64 argument",
+    );
+    if size == 100 && T::NAME == "Vec<u8>" {
+        breakdown(ctx, &cache, &f, &map, report).await?;
+    }
+    Ok(())
 }
 
 /// Where the time of a 100 B hit goes: the parts of `Function::call`'s hit path, timed alone in

@@ -15,10 +15,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::compare;
 use crate::memory::count_label;
-use crate::report::{Report, Row, Unit};
+use crate::report::Report;
 use crate::suite::{
     BenchResult, Context, Ctx, HIT_SIZES, SCALE_PROBES, THROUGHPUT_TASKS, add_throughput,
-    check_hits_only, func, populate, probes, stampede, store_and_check, value_of,
+    Payload, check_hits_only, func, populate, probes, stampede, store_and_check, value_of,
 };
 use crate::throughput;
 
@@ -144,32 +144,12 @@ async fn measure(
     let plan = ctx.plan;
     let mut con = raw.clone();
 
-    // Hits of 100 B, 64 KiB and 8 MiB.
+    // Hits of 100 B, 64 KiB and 8 MiB, as Vec<u8> and as String.
     for (size, label) in HIT_SIZES {
-        let f = cache.function(func(&format!("hit_{size}")));
-        let value = value_of(size);
-        store_and_check(&f, 0, &value).await?;
-        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
-        let name = checked_entry_name(&mut con, &f, 0, &sealed).await?;
-        let before = f.stats();
-        let series = compare!(plan, {
-            "cachier call" => f.call(&0u64, || async { Vec::<u8>::new() }).await,
-            "raw GET" => get(&mut con, &name).await,
-            "raw GET + codec::open" => get(&mut con, &name).await.map(|b| {
-                b.map(|b| codec::open::<DefaultCodec, Vec<u8>>(&b[ENTRY_HEADER_LEN..], DEFAULT_DECODE_LIMIT))
-            }),
-        });
-        check_hits_only(&format!("redis hit {label}"), &before, &f.stats())?;
-        report.add_comparison(
-            TARGET,
-            &format!("hit {label}"),
-            &series,
-            &[(1, 1.2)],
-            "the same stored bytes; value: Vec<u8>",
-        );
-        if size == 100 {
-            breakdown(ctx, core, &f, &mut con, &name, &sealed, report).await?;
-        }
+        hit_case::<Vec<u8>>(ctx, core, cache, &mut con, size, label, report).await?;
+    }
+    for (size, label) in HIT_SIZES {
+        hit_case::<String>(ctx, core, cache, &mut con, size, label, report).await?;
     }
 
     // Miss + store of 100 B.
@@ -283,6 +263,43 @@ async fn measure(
     Ok(stampede_ok)
 }
 
+/// A hit of a `size`-byte value of type `T`, against a raw `GET` of the same entry.
+async fn hit_case<T: Payload>(
+    ctx: &Ctx,
+    core: &Arc<RedisCore>,
+    cache: &Cachier,
+    con: &mut ConnectionManager,
+    size: usize,
+    label: &str,
+    report: &mut Report,
+) -> BenchResult<()> {
+    let f = cache.function(func(&format!("hit_{size}_{}", T::NAME)));
+    let value = T::make(size);
+    store_and_check(&f, 0, &value).await?;
+    let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+    let name = checked_entry_name(con, &f, 0, &sealed).await?;
+    let before = f.stats();
+    let series = compare!(ctx.plan, {
+        "cachier call" => f.call(&0u64, || async { T::default() }).await,
+        "raw GET" => get(con, &name).await,
+        "raw GET + codec::open" => get(con, &name).await.map(|b| {
+            b.map(|b| codec::open::<DefaultCodec, T>(&b[ENTRY_HEADER_LEN..], DEFAULT_DECODE_LIMIT))
+        }),
+    });
+    check_hits_only(&format!("redis hit {label}"), &before, &f.stats())?;
+    report.add_comparison(
+        TARGET,
+        &format!("hit {label} {}", T::NAME),
+        &series,
+        &[(1, 1.2)],
+        "the same stored bytes",
+    );
+    if size == 100 && T::NAME == "Vec<u8>" {
+        breakdown(ctx, core, &f, con, &name, &sealed, report).await?;
+    }
+    Ok(())
+}
+
 /// Where the time of a 100 B Redis hit goes.
 async fn breakdown(
     ctx: &Ctx,
@@ -311,8 +328,6 @@ async fn breakdown(
             codec::open::<DefaultCodec, Vec<u8>>(sealed, DEFAULT_DECODE_LIMIT),
     });
     check_hits_only("redis breakdown", &before, &f.stats())?;
-    let call = series[0].summary().median;
-    let get_ns = series[1].summary().median;
     report.add_comparison(
         TARGET,
         "hit 100 B: where the time goes",
@@ -320,16 +335,5 @@ async fn breakdown(
         &[],
         "each part timed alone; ratio = call / part",
     );
-    report.push(Row {
-        target: TARGET,
-        case: "hit 100 B: where the time goes".into(),
-        variant: "front end outside core.get (call - get)".into(),
-        unit: Unit::NsPerOp,
-        value: crate::harness::Summary::single(call - get_ns),
-        baseline: None,
-        ratio: None,
-        goal: None,
-        note: "key hash, decode, counters".into(),
-    });
     Ok(())
 }

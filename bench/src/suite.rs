@@ -77,6 +77,42 @@ pub fn value_of(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A value type the hit measurements store: the same length in bytes, two ways of encoding it.
+/// `Vec<u8>` goes through serde as a sequence (bincode decodes it element by element);
+/// `String` as one length-prefixed byte string (decoded as one slice plus UTF-8 validation).
+pub trait Payload:
+    serde::Serialize
+    + serde::de::DeserializeOwned
+    + Clone
+    + Default
+    + PartialEq
+    + Send
+    + Sync
+    + 'static
+{
+    /// How the table names this type.
+    const NAME: &'static str;
+    /// A deterministic value of `len` bytes.
+    fn make(len: usize) -> Self;
+}
+
+impl Payload for Vec<u8> {
+    const NAME: &'static str = "Vec<u8>";
+    fn make(len: usize) -> Self {
+        value_of(len)
+    }
+}
+
+impl Payload for String {
+    const NAME: &'static str = "String";
+    fn make(len: usize) -> Self {
+        value_of(len)
+            .into_iter()
+            .map(|b| char::from(b'a' + b % 26))
+            .collect()
+    }
+}
+
 /// `count` distinct indices below `n`, in a fixed pseudo-random order.
 pub fn probes(n: usize, count: usize) -> Vec<u64> {
     let count = count.min(n);
@@ -299,19 +335,19 @@ pub async fn populate(
 }
 
 /// Stores `value` for `args` through the front end and checks it reads back as a hit.
-pub async fn store_and_check(f: &Function, args: u64, value: &[u8]) -> Result<(), String> {
-    let v = value.to_vec();
-    let stored: Vec<u8> = f
+pub async fn store_and_check<T: Payload>(f: &Function, args: u64, value: &T) -> Result<(), String> {
+    let v = value.clone();
+    let stored: T = f
         .call(&args, move || async move { v })
         .await
         .map_err(|e| e.to_string())?;
     let before = f.stats();
-    let again: Vec<u8> = f
-        .call(&args, || async { Vec::new() })
+    let again: T = f
+        .call(&args, || async { T::default() })
         .await
         .map_err(|e| e.to_string())?;
     check_hits_only("store", &before, &f.stats())?;
-    if stored != value || again != value {
+    if stored != *value || again != *value {
         return Err("the stored value did not read back".into());
     }
     Ok(())
