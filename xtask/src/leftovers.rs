@@ -3,7 +3,8 @@
 //! Every test works in its own namespace `t_{pid}_{test}_{random}` and removes it when it ends,
 //! also when it fails. After the matrix, xtask looks for test namespaces in every service the
 //! run used (Redis keys, SQL databases/schemas/tables/`namespace` values, MongoDB databases and
-//! collections) and in the file backend's test directory, and sorts what it finds:
+//! collections), in the file backend's test directories and in the SQL suite's SQLite files,
+//! and sorts what it finds:
 //!
 //! - made by a process that is still alive: another run in progress on a shared server, not
 //!   ours — ignored;
@@ -22,6 +23,26 @@ pub fn file_test_dir() -> PathBuf {
     workspace::xtask_dir().join("file-cache")
 }
 
+/// The places on the local disk where tests keep data.
+#[derive(Debug, Clone)]
+pub struct LocalPlaces {
+    /// `CACHIER_TEST_FILE_DIR`: namespace directories `t_...` of a file-backend suite.
+    pub file_dir: PathBuf,
+    /// cargo's `CARGO_TARGET_TMPDIR` (`target/tmp`): the file backend's per-test directories
+    /// `cachier-file-*`, and the SQL suite's SQLite databases in `cachier-sql-tests/`.
+    pub tmp_dir: PathBuf,
+}
+
+impl LocalPlaces {
+    /// The places of this workspace.
+    pub fn of_workspace() -> LocalPlaces {
+        LocalPlaces {
+            file_dir: file_test_dir(),
+            tmp_dir: workspace::target_dir().join("tmp"),
+        }
+    }
+}
+
 /// The test namespaces present at one moment, by place (`redis`, `file`, ...).
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
@@ -30,32 +51,41 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Looks in every service and the file test directory.
-    pub fn take(services: &[&Service], file_dir: &Path) -> Snapshot {
+    /// Looks in every service and every local place.
+    pub fn take(services: &[&Service], local: &LocalPlaces) -> Snapshot {
         let mut snapshot = Snapshot::default();
         for service in services {
-            match service.kind.test_namespaces(&service.url) {
-                Ok(names) => {
-                    let place = service.kind.name().to_owned();
-                    snapshot
-                        .found
-                        .extend(names.into_iter().map(|n| (place.clone(), n)));
-                }
-                Err(e) => snapshot.errors.push(format!("{}: {e}", service.kind)),
-            }
+            snapshot.add(
+                service.kind.name(),
+                service.kind.test_namespaces(&service.url),
+            );
         }
-        match file_namespaces(file_dir) {
-            Ok(names) => snapshot
-                .found
-                .extend(names.into_iter().map(|n| ("file".to_owned(), n))),
-            Err(e) => snapshot.errors.push(format!("file: {e}")),
+        snapshot.add("file", dir_entries(&local.file_dir, is_test_namespace));
+        snapshot.add(
+            "file tmp dir",
+            dir_entries(&local.tmp_dir, |name| name.starts_with("cachier-file-")),
+        );
+        let sqlite_dir = local.tmp_dir.join("cachier-sql-tests");
+        let databases = dir_entries(&sqlite_dir, |name| name.ends_with(".db"));
+        for database in databases.unwrap_or_default() {
+            snapshot.add("sqlite", sqlite_namespaces(&sqlite_dir.join(database)));
         }
         snapshot
     }
+
+    fn add(&mut self, place: &str, names: Result<Vec<String>, String>) {
+        match names {
+            Ok(names) => self
+                .found
+                .extend(names.into_iter().map(|n| (place.to_owned(), n))),
+            Err(e) => self.errors.push(format!("{place}: {e}")),
+        }
+    }
 }
 
-/// Test namespace directories directly under `dir` (none if it does not exist).
-fn file_namespaces(dir: &Path) -> Result<Vec<String>, String> {
+/// The names of the entries directly under `dir` that `keep` accepts (none if `dir` does not
+/// exist).
+fn dir_entries(dir: &Path, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, String> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -64,7 +94,47 @@ fn file_namespaces(dir: &Path) -> Result<Vec<String>, String> {
     Ok(entries
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|name| is_test_namespace(name))
+        .filter(|name| keep(name))
+        .collect())
+}
+
+/// The test namespaces in the `namespace` columns of a SQLite database (with the `sqlite3`
+/// command-line shell).
+fn sqlite_namespaces(database: &Path) -> Result<Vec<String>, String> {
+    let listing = r#"SELECT 'SELECT DISTINCT namespace FROM "' || replace(m.name, '"', '""')
+                            || '" WHERE namespace LIKE ''t\_%'' ESCAPE ''\'';'
+                     FROM sqlite_master m, pragma_table_info(m.name) p
+                     WHERE m.type = 'table' AND p.name = 'namespace';"#;
+    let mut names = Vec::new();
+    for query in sqlite(database, listing)? {
+        names.extend(sqlite(database, &query)?);
+    }
+    names.retain(|n| is_test_namespace(n));
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+fn sqlite(database: &Path, sql: &str) -> Result<Vec<String>, String> {
+    let shell = process::which("sqlite3", &[])
+        .ok_or_else(|| crate::services::missing("sqlite3", "apt-get install -y sqlite3"))?;
+    let output = std::process::Command::new(shell)
+        .args(["-batch", "-noheader", "-cmd", ".timeout 5000"])
+        .arg(database)
+        .arg(sql)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run sqlite3: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "sqlite3 on {} failed: {}",
+            database.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
         .collect())
 }
 
@@ -165,17 +235,39 @@ mod tests {
     }
 
     #[test]
-    fn the_file_check_finds_namespace_directories_only() {
-        let dir = process::temp_dir("leftover-files").unwrap();
-        std::fs::create_dir(dir.join("t_999999999_left_ab")).unwrap();
-        std::fs::create_dir(dir.join("cachier")).unwrap();
-        let snapshot = Snapshot::take(&[], &dir);
-        assert_eq!(
-            snapshot.found.into_iter().collect::<Vec<_>>(),
-            vec![("file".to_owned(), "t_999999999_left_ab".to_owned())]
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!(file_namespaces(&dir).unwrap().is_empty());
+    fn local_places_are_searched() {
+        let root = process::temp_dir("leftover-files").unwrap();
+        let local = LocalPlaces {
+            file_dir: root.join("files"),
+            tmp_dir: root.join("tmp"),
+        };
+        std::fs::create_dir_all(local.file_dir.join("t_999999999_left_ab")).unwrap();
+        std::fs::create_dir_all(local.file_dir.join("cachier")).unwrap();
+        std::fs::create_dir_all(local.tmp_dir.join("cachier-file-x1Y2z3")).unwrap();
+        std::fs::create_dir_all(local.tmp_dir.join("cachier-sql-tests")).unwrap();
+        let db = local.tmp_dir.join("cachier-sql-tests").join("shared.db");
+        sqlite(
+            &db,
+            "CREATE TABLE \"cache entries\" (namespace TEXT, v INT);
+             INSERT INTO \"cache entries\" VALUES ('t_round_trip_999999997_0_ab', 1), ('tX', 2);
+             CREATE TABLE other (v INT);",
+        )
+        .unwrap();
+        let snapshot = Snapshot::take(&[], &local);
+        assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
+        let found: Vec<_> = snapshot.found.into_iter().collect();
+        let expected = [
+            ("file", "t_999999999_left_ab"),
+            ("file tmp dir", "cachier-file-x1Y2z3"),
+            ("sqlite", "t_round_trip_999999997_0_ab"),
+        ];
+        let expected: Vec<_> = expected
+            .iter()
+            .map(|(p, n)| (p.to_string(), n.to_string()))
+            .collect();
+        assert_eq!(found, expected);
+        std::fs::remove_dir_all(&root).unwrap();
+        assert!(Snapshot::take(&[], &local).found.is_empty());
     }
 
     #[test]

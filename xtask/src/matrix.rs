@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::cli::TestArgs;
-use crate::leftovers::{self, Report, Snapshot};
+use crate::leftovers::{LocalPlaces, Report, Snapshot};
 use crate::process::secs;
 use crate::runner::{self, Counts, Engine, RunOptions, Selection};
 use crate::services::{self, Policy, Service, ServiceKind};
@@ -175,10 +175,10 @@ pub fn run(
         .iter()
         .map(|s| (s.kind.env_var().to_owned(), s.url.clone()))
         .collect();
-    let file_dir = leftovers::file_test_dir();
+    let local = LocalPlaces::of_workspace();
     envs.push((
         "CACHIER_TEST_FILE_DIR".to_owned(),
-        file_dir.display().to_string(),
+        local.file_dir.display().to_string(),
     ));
     runnable.retain(|(i, target)| {
         let missing: Vec<String> = target
@@ -197,7 +197,7 @@ pub fn run(
     });
 
     let service_refs: Vec<&Service> = services.iter().collect();
-    let before = Snapshot::take(&service_refs, &file_dir);
+    let before = Snapshot::take(&service_refs, &local);
 
     let targets: Vec<Target> = runnable.iter().map(|(_, t)| *t).collect();
     let mut selection = Selection::for_targets(&targets, whole_workspace);
@@ -257,7 +257,7 @@ pub fn run(
         rows.insert(i, row);
     }
 
-    let report = Report::compare(&before, &Snapshot::take(&service_refs, &file_dir));
+    let report = Report::compare(&before, &Snapshot::take(&service_refs, &local));
     report.print();
     Ok(Outcome {
         rows: rows.into_values().collect(),

@@ -124,6 +124,8 @@ pub struct Counts {
     pub flaky: usize,
     /// `check: reason` of each skipped conformance check.
     pub skip_reasons: Vec<String>,
+    /// How long the tests took by the runner's own clock, when it says.
+    pub elapsed: Option<Duration>,
 }
 
 /// The result of running one target.
@@ -200,9 +202,12 @@ pub fn run(
         Engine::Nextest => run_nextest(selection, target, options, envs),
         Engine::CargoTest => run_cargo_test(selection, target, options, envs),
     };
+    // nextest reports the time its tests took, without cargo's start-up and freshness checks;
+    // prefer it.
+    let reported = counts.as_ref().ok().and_then(|c| c.elapsed);
     RunResult {
+        wall: reported.unwrap_or_else(|| started.elapsed()),
         counts,
-        wall: started.elapsed(),
     }
 }
 
@@ -354,8 +359,12 @@ pub fn parse_nextest_summary(output: &str) -> Option<Counts> {
         .lines()
         .rev()
         .find(|l| l.trim_start().starts_with("Summary ["))?;
-    let (_, rest) = line.split_once("] ")?;
-    let mut counts = Counts::default();
+    let (clock, rest) = line.split_once("] ")?;
+    let seconds = clock.split_once('[')?.1.trim().strip_suffix('s')?;
+    let mut counts = Counts {
+        elapsed: seconds.parse().ok().map(Duration::from_secs_f64),
+        ..Counts::default()
+    };
     let Some((_, tallies)) = rest.split_once(": ") else {
         return rest.contains("0 tests run").then_some(counts);
     };
@@ -493,7 +502,9 @@ mod tests {
         assert_eq!((counts.passed, counts.failed), (3, 2));
 
         let counts = parse_nextest_summary("Summary [   0.000s] 0 tests run, 4 skipped").unwrap();
-        assert_eq!(counts, Counts::default());
+        assert_eq!((counts.passed, counts.failed), (0, 0));
+        let counts = parse_nextest_summary("  Summary [  63.025s] 9 tests run: 9 passed").unwrap();
+        assert_eq!(counts.elapsed, Some(Duration::from_millis(63_025)));
 
         assert_eq!(parse_nextest_summary("error: could not compile `x`"), None);
     }
