@@ -28,8 +28,9 @@ pub fn file_test_dir() -> PathBuf {
 pub struct LocalPlaces {
     /// `CACHIER_TEST_FILE_DIR`: namespace directories `t_...` of a file-backend suite.
     pub file_dir: PathBuf,
-    /// cargo's `CARGO_TARGET_TMPDIR` (`target/tmp`): the file backend's per-test directories
-    /// `cachier-file-*`, and the SQL suite's SQLite databases in `cachier-sql-tests/`.
+    /// cargo's `CARGO_TARGET_TMPDIR` (`target/tmp`): the file backend's conformance store
+    /// `cachier-file-conformance/` (namespace directories `t_...`), its per-test directories
+    /// `cachier-file-XXXXXX`, and the SQL suite's SQLite databases in `cachier-sql-tests/`.
     pub tmp_dir: PathBuf,
 }
 
@@ -61,9 +62,11 @@ impl Snapshot {
             );
         }
         snapshot.add("file", dir_entries(&local.file_dir, is_test_namespace));
+        let conformance_dir = local.tmp_dir.join("cachier-file-conformance");
+        snapshot.add("file", dir_entries(&conformance_dir, is_test_namespace));
         snapshot.add(
             "file tmp dir",
-            dir_entries(&local.tmp_dir, |name| name.starts_with("cachier-file-")),
+            dir_entries(&local.tmp_dir, is_file_test_temp_dir),
         );
         let sqlite_dir = local.tmp_dir.join("cachier-sql-tests");
         let databases = dir_entries(&sqlite_dir, |name| name.ends_with(".db"));
@@ -81,6 +84,13 @@ impl Snapshot {
             Err(e) => self.errors.push(format!("{place}: {e}")),
         }
     }
+}
+
+/// Whether `name` is one of the file backend tests' own temporary directories:
+/// `cachier-file-` and the six random characters `tempfile` adds.
+fn is_file_test_temp_dir(name: &str) -> bool {
+    name.strip_prefix("cachier-file-")
+        .is_some_and(|rest| rest.len() == 6 && rest.chars().all(|c| c.is_ascii_alphanumeric()))
 }
 
 /// The names of the entries directly under `dir` that `keep` accepts (none if `dir` does not
@@ -244,6 +254,8 @@ mod tests {
         std::fs::create_dir_all(local.file_dir.join("t_999999999_left_ab")).unwrap();
         std::fs::create_dir_all(local.file_dir.join("cachier")).unwrap();
         std::fs::create_dir_all(local.tmp_dir.join("cachier-file-x1Y2z3")).unwrap();
+        let conformance = local.tmp_dir.join("cachier-file-conformance");
+        std::fs::create_dir_all(conformance.join("t_999999996_conf_cd")).unwrap();
         std::fs::create_dir_all(local.tmp_dir.join("cachier-sql-tests")).unwrap();
         let db = local.tmp_dir.join("cachier-sql-tests").join("shared.db");
         sqlite(
@@ -257,6 +269,7 @@ mod tests {
         assert!(snapshot.errors.is_empty(), "{:?}", snapshot.errors);
         let found: Vec<_> = snapshot.found.into_iter().collect();
         let expected = [
+            ("file", "t_999999996_conf_cd"),
             ("file", "t_999999999_left_ab"),
             ("file tmp dir", "cachier-file-x1Y2z3"),
             ("sqlite", "t_round_trip_999999997_0_ab"),
