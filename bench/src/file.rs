@@ -12,8 +12,8 @@ use crate::compare;
 use crate::memory::count_label;
 use crate::report::{Report, Row, Unit};
 use crate::suite::{
-    BenchResult, Context, Ctx, HIT_SIZES, SCALE_PROBES, THROUGHPUT_TASKS, add_throughput,
-    Payload, check_hits_only, func, populate, probes, stampede, store_and_check, value_of,
+    BenchResult, Context, Ctx, HIT_SIZES, Payload, SCALE_PROBES, THROUGHPUT_TASKS, add_throughput,
+    check_hits_only, func, populate, probes, stampede, store_and_check, value_of,
 };
 use crate::throughput;
 

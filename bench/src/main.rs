@@ -39,17 +39,30 @@ fn usage() -> String {
     format!(
         "usage: cachier-bench [{}]... [--quick]\n\n\
          Runs the named targets (all when none is named) and writes target/bench/results.json.\n\
-         --quick  fewer rounds and smaller stores (scale up to 1e5 entries), under 3 minutes",
+         --quick  fewer rounds and smaller stores (scale up to 1e5 entries), under 3 minutes\n\
+         --profile-hit SECS  only loop 100 B memory hits for SECS seconds (run under perf)",
         TARGETS.join("] [")
     )
 }
 
 fn main() -> ExitCode {
     let mut quick = false;
+    let mut profile_secs: Option<u64> = None;
     let mut targets: Vec<&'static str> = Vec::new();
-    for arg in std::env::args().skip(1) {
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--profile-hit" => match args.next().and_then(|s| s.parse().ok()) {
+                Some(secs) => profile_secs = Some(secs),
+                None => {
+                    eprintln!(
+                        "cachier-bench: --profile-hit takes a number of seconds\n{}",
+                        usage()
+                    );
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
                 println!("{}", usage());
                 return ExitCode::SUCCESS;
@@ -58,7 +71,10 @@ fn main() -> ExitCode {
                 Some(t) if !targets.contains(t) => targets.push(t),
                 Some(_) => {}
                 None => {
-                    eprintln!("cachier-bench: unknown target or option {name:?}\n{}", usage());
+                    eprintln!(
+                        "cachier-bench: unknown target or option {name:?}\n{}",
+                        usage()
+                    );
                     return ExitCode::from(2);
                 }
             },
@@ -84,6 +100,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+
+    if let Some(secs) = profile_secs {
+        return match runtime.block_on(memory::profile_hit(secs)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cachier-bench: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
 
     let load_before = load_average();
     let started = Instant::now();
@@ -169,7 +195,11 @@ fn main() -> ExitCode {
 fn output_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        });
     target.join("bench")
 }
 
@@ -220,10 +250,7 @@ fn machine(quick: bool, before: &str, after: &str, secs: f64) -> Vec<(String, St
         ("cpu".into(), cpu),
         ("cores".into(), cores),
         ("memory".into(), memory),
-        (
-            "os".into(),
-            format!("{} {kernel}", std::env::consts::OS),
-        ),
+        ("os".into(), format!("{} {kernel}", std::env::consts::OS)),
         ("mode".into(), if quick { "quick" } else { "full" }.into()),
         ("load average before (1/5/15 min)".into(), before.into()),
         ("load average after".into(), after.into()),

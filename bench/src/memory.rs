@@ -14,8 +14,8 @@ use cachier_memory::MemoryCore;
 use crate::compare;
 use crate::report::{Report, Row, Unit};
 use crate::suite::{
-    BenchResult, Context, Ctx, HIT_SIZES, SCALE_PROBES, THROUGHPUT_TASKS, add_throughput,
-    Payload, check_hits_only, func, probes, stampede, store_and_check, value_of,
+    BenchResult, Context, Ctx, HIT_SIZES, Payload, SCALE_PROBES, THROUGHPUT_TASKS, add_throughput,
+    check_hits_only, func, probes, stampede, store_and_check, value_of,
 };
 use crate::throughput;
 
@@ -226,11 +226,8 @@ async fn breakdown(
         "Instant::now + elapsed" => std::time::Instant::now().elapsed(),
     });
     check_hits_only("memory breakdown", &before, &f.stats())?;
-    let parts: f64 = series[1..4]
-        .iter()
-        .map(|s| s.summary().median)
-        .sum::<f64>()
-        + series[5].summary().median;
+    let parts: f64 =
+        series[1..4].iter().map(|s| s.summary().median).sum::<f64>() + series[5].summary().median;
     report.add_comparison(
         TARGET,
         "hit 100 B: where the time goes",
@@ -249,6 +246,34 @@ async fn breakdown(
         goal: None,
         note: "settings, freshness, counters, futures, clones".into(),
     });
+    Ok(())
+}
+
+/// Loops 100 B memory hits through the front end for `secs` seconds, for a sampling profiler
+/// (`perf record -g -- cachier-bench --profile-hit 10`). Prints the hits per second.
+pub async fn profile_hit(secs: u64) -> BenchResult<()> {
+    let cache = Cachier::builder(Arc::new(MemoryCore::new()))
+        .namespace("bench-profile")
+        .ctx("namespace")?
+        .strict(true)
+        .build();
+    let f = cache.function(func("profile_hit"));
+    store_and_check(&f, 0, &value_of(100)).await?;
+    let before = f.stats();
+    let started = std::time::Instant::now();
+    let mut n = 0u64;
+    while started.elapsed().as_secs() < secs {
+        for _ in 0..1000 {
+            let _ = std::hint::black_box(f.call(&0u64, || async { Vec::<u8>::new() }).await);
+        }
+        n += 1000;
+    }
+    check_hits_only("profile", &before, &f.stats())?;
+    println!(
+        "{n} hits in {:.1} s: {:.0} ns per hit",
+        started.elapsed().as_secs_f64(),
+        started.elapsed().as_nanos() as f64 / n as f64
+    );
     Ok(())
 }
 

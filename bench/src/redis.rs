@@ -17,8 +17,8 @@ use crate::compare;
 use crate::memory::count_label;
 use crate::report::Report;
 use crate::suite::{
-    BenchResult, Context, Ctx, HIT_SIZES, SCALE_PROBES, THROUGHPUT_TASKS, add_throughput,
-    Payload, check_hits_only, func, populate, probes, stampede, store_and_check, value_of,
+    BenchResult, Context, Ctx, HIT_SIZES, Payload, SCALE_PROBES, THROUGHPUT_TASKS, add_throughput,
+    check_hits_only, func, populate, probes, stampede, store_and_check, value_of,
 };
 use crate::throughput;
 
@@ -124,7 +124,9 @@ async fn checked_entry_name(
     let name = entry_name(&f.key(&args).ctx("key")?);
     let stored = get(con, &name).await.ctx("raw GET")?;
     match stored {
-        Some(b) if b.len() == ENTRY_HEADER_LEN + sealed.len() && b[ENTRY_HEADER_LEN..] == *sealed => {
+        Some(b)
+            if b.len() == ENTRY_HEADER_LEN + sealed.len() && b[ENTRY_HEADER_LEN..] == *sealed =>
+        {
             Ok(name)
         }
         _ => Err(format!(

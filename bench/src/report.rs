@@ -138,7 +138,9 @@ impl Report {
                     },
                     r.unit.as_str().to_string(),
                     ratio,
-                    r.baseline.as_ref().map_or(String::new(), |b| format!("{b} / this")),
+                    r.baseline
+                        .as_ref()
+                        .map_or(String::new(), |b| format!("{b} / this")),
                     goal,
                 ]
             })
@@ -196,7 +198,10 @@ impl Report {
                 continue;
             };
             let subject_row = self.rows.iter().find(|s| {
-                s.target == r.target && s.case == r.case && &s.variant == subject && s.unit == r.unit
+                s.target == r.target
+                    && s.case == r.case
+                    && &s.variant == subject
+                    && s.unit == r.unit
             });
             let _ = writeln!(
                 out,

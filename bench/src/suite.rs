@@ -26,7 +26,8 @@ impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
 }
 
 /// Value sizes of the hit measurements.
-pub const HIT_SIZES: [(usize, &str); 3] = [(100, "100 B"), (64 << 10, "64 KiB"), (8 << 20, "8 MiB")];
+pub const HIT_SIZES: [(usize, &str); 3] =
+    [(100, "100 B"), (64 << 10, "64 KiB"), (8 << 20, "8 MiB")];
 
 /// Concurrent callers on one cold key.
 pub const STAMPEDE_CALLERS: usize = 64;
@@ -81,14 +82,7 @@ pub fn value_of(len: usize) -> Vec<u8> {
 /// `Vec<u8>` goes through serde as a sequence (bincode decodes it element by element);
 /// `String` as one length-prefixed byte string (decoded as one slice plus UTF-8 validation).
 pub trait Payload:
-    serde::Serialize
-    + serde::de::DeserializeOwned
-    + Clone
-    + Default
-    + PartialEq
-    + Send
-    + Sync
-    + 'static
+    serde::Serialize + serde::de::DeserializeOwned + Clone + Default + PartialEq + Send + Sync + 'static
 {
     /// How the table names this type.
     const NAME: &'static str;
@@ -138,8 +132,7 @@ pub fn func(name: &str) -> FuncId {
 
 /// Fails unless a hit measurement really measured hits: no computation, no backend error.
 pub fn check_hits_only(case: &str, before: &Stats, after: &Stats) -> Result<(), String> {
-    if after.computations != before.computations || after.backend_errors != before.backend_errors
-    {
+    if after.computations != before.computations || after.backend_errors != before.backend_errors {
         return Err(format!(
             "{case}: expected only hits, but {} computations and {} backend errors happened",
             after.computations - before.computations,
