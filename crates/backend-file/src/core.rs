@@ -45,6 +45,7 @@ pub struct FileCore {
 struct Inner {
     store: Store,
     poll_max: Duration,
+    inline_read_max: u64,
     /// Notified after every change made through this process's handles, so waiters here wake
     /// at once instead of at their next poll.
     changed: Notify,
@@ -80,6 +81,7 @@ impl FileCore {
                     durability: config.durability(),
                 },
                 poll_max: config.poll_max(),
+                inline_read_max: config.inline_read_max(),
                 changed: Notify::new(),
             }),
         })
@@ -134,6 +136,7 @@ impl fmt::Debug for FileCore {
             .field("root", &self.inner.store.root)
             .field("durability", &self.inner.store.durability)
             .field("poll_max", &self.inner.poll_max)
+            .field("inline_read_max", &self.inner.inline_read_max)
             .finish()
     }
 }
@@ -180,7 +183,18 @@ impl Core for FileCore {
         }
     }
 
+    /// Entry files up to [`Config::with_inline_read_max`] are read on the calling task (two
+    /// `open`s and one small read, about 10 µs on a local disk, against tens of microseconds for
+    /// a trip through the blocking pool); larger ones on the blocking pool.
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        let max = self.inner.inline_read_max;
+        if max > 0 {
+            match self.inner.store.get_up_to(key, max) {
+                Ok(Some(entry)) => return Ok(entry),
+                Ok(None) => {}
+                Err(e) => return Err(fs_error(e, "get", key)),
+            }
+        }
         let k = key.clone();
         self.run("get", key, move |store| store.get(&k)).await
     }

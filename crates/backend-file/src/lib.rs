@@ -101,14 +101,17 @@
 //!
 //! # Blocking IO
 //!
-//! Every operation runs on tokio's blocking pool (`spawn_blocking`), so a slow disk or a
-//! network file system never stalls the async runtime's workers. A hit costs one `open` + read
-//! of the entry file and one (usually failing) `open` of the claim file.
+//! A hit costs one `open` + read of the entry file and one (usually failing) `open` of the claim
+//! file. Entry files up to 64 KiB ([`Config::with_inline_read_max`]) are read on the calling
+//! task: measured here, that read takes about 13 µs while a trip through tokio's blocking pool
+//! adds about 35 µs. Larger reads and every write (`set`, `claim`, the sweeps) run on the
+//! blocking pool (`spawn_blocking`), so big values or a slow disk never stall the runtime's
+//! workers. On a network file system, set `inline_read_max` to 0.
 
 mod config;
 mod core;
 mod layout;
 mod store;
 
-pub use crate::config::{Config, DEFAULT_POLL_MAX, DIR_ENV, Durability};
+pub use crate::config::{Config, DEFAULT_INLINE_READ_MAX, DEFAULT_POLL_MAX, DIR_ENV, Durability};
 pub use crate::core::FileCore;

@@ -59,12 +59,22 @@ pub(crate) struct Store {
 impl Store {
     /// The entry under `key`: its value (if a valid entry file exists) and its live claim.
     pub(crate) fn get(&self, key: &Key) -> FsResult<Option<Entry>> {
+        Ok(self.get_up_to(key, u64::MAX)?.flatten())
+    }
+
+    /// Like [`Store::get`], but gives up (`None`) without reading when the entry file is larger
+    /// than `max_len` bytes.
+    pub(crate) fn get_up_to(&self, key: &Key, max_len: u64) -> FsResult<Option<Option<Entry>>> {
         let paths = KeyPaths::new(&self.root, key);
-        let value = read_entry(&paths.entry)?;
+        let value = match read_entry(&paths.entry, max_len)? {
+            EntryRead::TooLarge => return Ok(None),
+            EntryRead::Missing => None,
+            EntryRead::Value(stored_at, value) => Some((stored_at, value)),
+        };
         let claim_until = read_claim(&paths.claim)?
             .filter(ClaimRecord::is_live)
             .map(|record| record.until);
-        Ok(match (value, claim_until) {
+        Ok(Some(match (value, claim_until) {
             (None, None) => None,
             (Some((stored_at, value)), claim_until) => Some(Entry {
                 value: Some(value),
@@ -76,7 +86,7 @@ impl Store {
                 stored_at: Timestamp::default(),
                 claim_until,
             }),
-        })
+        }))
     }
 
     /// Writes the entry file atomically, then ends any claim on the key.
@@ -114,6 +124,11 @@ impl Store {
             until: Timestamp::now().add(lease),
             token: token.clone(),
         };
+        // A live claim read without the lock is a correct answer (claim files are replaced,
+        // never changed in place), and spares waiting callers a temp file.
+        if let Some(held) = read_claim(&paths.claim)?.filter(ClaimRecord::is_live) {
+            return Ok(Claim::Held { until: held.until });
+        }
         let stem = format!("{}.claim", paths.stem);
         for _ in 0..MAX_ATTEMPTS {
             let mut temp = TempFile::write(&paths.dir, &stem, &[&record.encode()], false)?;
@@ -262,17 +277,30 @@ impl Store {
     }
 }
 
-/// Reads an entry file: `None` if it is missing or not a valid entry (logged).
-fn read_entry(path: &Path) -> FsResult<Option<(Timestamp, Bytes)>> {
+/// What reading an entry file found.
+enum EntryRead {
+    /// No file, or not a valid entry (logged).
+    Missing,
+    /// The file is larger than the caller wanted to read.
+    TooLarge,
+    /// A valid entry.
+    Value(Timestamp, Bytes),
+}
+
+/// Reads an entry file of at most `max_len` bytes.
+fn read_entry(path: &Path, max_len: u64) -> FsResult<EntryRead> {
     let mut file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if is_missing(&e) => return Ok(None),
+        Err(e) if is_missing(&e) => return Ok(EntryRead::Missing),
         Err(e) => return Err(e).at("open", path),
     };
     let meta = file.metadata().at("inspect", path)?;
     if !meta.is_file() {
         warn!(path = %path.display(), "ignoring a cache entry that is not a regular file (a miss)");
-        return Ok(None);
+        return Ok(EntryRead::Missing);
+    }
+    if meta.len() > max_len {
+        return Ok(EntryRead::TooLarge);
     }
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     file.read_to_end(&mut bytes).at("read", path)?;
@@ -280,7 +308,7 @@ fn read_entry(path: &Path) -> FsResult<Option<(Timestamp, Bytes)>> {
         Ok(header) => header,
         Err(reason) => {
             warn!(path = %path.display(), reason, "ignoring an unreadable cache entry file (a miss)");
-            return Ok(None);
+            return Ok(EntryRead::Missing);
         }
     };
     let value_len = (bytes.len() - ENTRY_HEADER_LEN) as u64;
@@ -291,12 +319,12 @@ fn read_entry(path: &Path) -> FsResult<Option<(Timestamp, Bytes)>> {
             found = value_len,
             "ignoring a truncated or padded cache entry file (a miss)"
         );
-        return Ok(None);
+        return Ok(EntryRead::Missing);
     }
-    Ok(Some((
+    Ok(EntryRead::Value(
         header.stored_at,
         Bytes::from(bytes).slice(ENTRY_HEADER_LEN..),
-    )))
+    ))
 }
 
 /// Reads the header of an entry file: `None` if it is missing, `Some(None)` if it is invalid.
