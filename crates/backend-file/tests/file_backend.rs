@@ -7,8 +7,8 @@
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::Arc;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use cachier_core::{Claim, ClaimToken, Core, ErrorKind, FuncId, Key, Namespace, Timestamp};
@@ -639,16 +639,34 @@ impl Children {
         Children(children)
     }
 
-    /// Reads a child's output until a line ending with `marker` (libtest may print the test's
-    /// name on the same line).
-    fn wait_for_line(stdout: &mut BufReader<ChildStdout>, marker: &str) {
-        let mut line = String::new();
+    /// The lines a child prints, read on a thread of their own.
+    fn lines(child: &mut Child) -> mpsc::Receiver<String> {
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Waits (two minutes at most) for a line ending with `marker` (libtest may print the
+    /// test's name on the same line).
+    fn wait_for_line(lines: &mpsc::Receiver<String>, marker: &str) {
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            line.clear();
-            let n = stdout.read_line(&mut line).expect("read a child's output");
-            assert!(n > 0, "the child ended before printing {marker}");
-            if line.trim_end().ends_with(marker) {
-                return;
+            match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.trim_end().ends_with(marker) => return,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the child printed no {marker} within two minutes")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the child ended before printing {marker}")
+                }
             }
         }
     }
@@ -691,8 +709,8 @@ async fn a_holder_killed_with_sigkill_blocks_others_only_until_its_lease_expires
         &dir.root(),
         1,
     );
-    let mut stdout = BufReader::new(children.0[0].stdout.take().unwrap());
-    Children::wait_for_line(&mut stdout, "CLAIMED");
+    let output = Children::lines(&mut children.0[0]);
+    Children::wait_for_line(&output, "CLAIMED");
     let core = dir.open();
 
     // Alive, the holder keeps its claim beyond one lease.
@@ -805,16 +823,12 @@ async fn eight_processes_of_eight_tasks_compute_a_cold_key_once() {
         &shared,
         PROCESSES,
     );
-    let mut outputs: Vec<_> = children
-        .0
-        .iter_mut()
-        .map(|c| BufReader::new(c.stdout.take().unwrap()))
-        .collect();
-    for out in &mut outputs {
+    let outputs: Vec<_> = children.0.iter_mut().map(Children::lines).collect();
+    for out in &outputs {
         Children::wait_for_line(out, "READY");
     }
     fs::write(shared.join("go"), b"").unwrap();
-    for out in &mut outputs {
+    for out in &outputs {
         Children::wait_for_line(out, "DONE");
     }
     for child in &mut children.0 {
