@@ -181,7 +181,7 @@ async fn measure(ctx: &Ctx, dir: &Path, report: &mut Report) -> BenchResult<bool
             .collect::<Result<_, _>>()
             .ctx("keys")?;
         let t0 = std::time::Instant::now();
-        populate(core.clone(), keys, &sealed, 4).await?;
+        populate(core.clone(), keys, &sealed, 16).await?;
         eprintln!(
             "cachier-bench: file: {n} entries stored in {:.1} s",
             t0.elapsed().as_secs_f64()
@@ -217,7 +217,12 @@ async fn measure(ctx: &Ctx, dir: &Path, report: &mut Report) -> BenchResult<bool
             ),
         );
         drop(cache);
+        let t0 = std::time::Instant::now();
         std::fs::remove_dir_all(&scale_dir).ctx("remove scale dir")?;
+        eprintln!(
+            "cachier-bench: file: {n} entries removed in {:.1} s",
+            t0.elapsed().as_secs_f64()
+        );
     }
     Ok(stampede_ok)
 }
