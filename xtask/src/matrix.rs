@@ -25,12 +25,14 @@ use crate::targets::{self, Target};
 pub enum Status {
     /// The tests ran; failed if any test failed or none ran.
     Ran(Counts),
-    /// The crate does not exist; `counts` says whether that is a failure (it was named).
+    /// The crate does not exist; a failure only if the target was named explicitly.
     NotBuilt { required: bool },
     /// It could not run, for the reason given.
     Broken(String),
     /// Not run, because an earlier row failed under `--fail-fast`.
     NotRun,
+    /// A step that is not a test suite (fmt, clippy, the leftover check) succeeded.
+    Done,
 }
 
 /// One row of the table.
@@ -56,10 +58,7 @@ impl Row {
     /// A row for a step that is not a test suite (fmt, clippy): passed or failed with a reason.
     pub fn step(name: &str, outcome: Result<(), String>, wall: Duration) -> Row {
         let status = match outcome {
-            Ok(()) => Status::Ran(Counts {
-                passed: 1,
-                ..Counts::default()
-            }),
+            Ok(()) => Status::Done,
             Err(e) => Status::Broken(e),
         };
         Row {
@@ -75,6 +74,7 @@ impl Row {
             Status::NotBuilt { required } => *required,
             Status::Broken(_) => true,
             Status::NotRun => true,
+            Status::Done => false,
         }
     }
 }
@@ -341,6 +341,7 @@ pub fn print_table(rows: &[Row], timings: bool) {
                 ("FAILED", None)
             }
             Status::NotRun => ("not run", None),
+            Status::Done => ("ok", None),
         };
         let cell = |n: Option<usize>| n.map_or("-".to_owned(), |n| n.to_string());
         let mut line = format!(
