@@ -1,9 +1,9 @@
 //! [`MongoCore`]: the [`Core`] implementation on a MongoDB database.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::future::IntoFuture;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,6 +16,7 @@ use mongodb::bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
 use mongodb::error::{ErrorKind as DriverErrorKind, WriteFailure};
 use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, Database, IndexModel};
+use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
 use crate::BACKEND;
@@ -68,9 +69,11 @@ pub struct MongoCore {
     config: Config,
     client: Client,
     database: Database,
-    /// Collections whose unique index this process has created (or found). Forgotten when the
-    /// collection is dropped or the server becomes unreachable (it may come back empty).
-    indexed: Mutex<HashSet<String>>,
+    /// Per collection, whether this process has created (or found) its unique index: one cell
+    /// per collection, so callers arriving together create the index once and wait for it.
+    /// Forgotten when the collection is dropped or the server becomes unreachable (it may come
+    /// back empty).
+    indexed: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
 }
 
 impl fmt::Debug for MongoCore {
@@ -97,7 +100,7 @@ impl MongoCore {
             config,
             client,
             database,
-            indexed: Mutex::new(HashSet::new()),
+            indexed: Mutex::new(HashMap::new()),
         })
     }
 
@@ -198,8 +201,8 @@ impl MongoCore {
             .with_key(target)
     }
 
-    fn indexed(&self) -> MutexGuard<'_, HashSet<String>> {
-        // The set is only a cache: a panic elsewhere while holding the lock cannot leave it in a
+    fn indexed(&self) -> MutexGuard<'_, HashMap<String, Arc<OnceCell<()>>>> {
+        // The map is only a cache: a panic elsewhere while holding the lock cannot leave it in a
         // state worse than "index once more".
         self.indexed
             .lock()
@@ -210,27 +213,36 @@ impl MongoCore {
         self.indexed().clear();
     }
 
-    /// The collection of `namespace`, with its unique `(func, key)` index created on first use
+    /// The collection of `key`'s namespace, with its unique `(func, key)` index created on first use
     /// by this process.
-    async fn writable_collection(&self, namespace: &Namespace) -> Result<Collection<Document>> {
-        let name = self.config.collection_name(namespace);
+    ///
+    /// Every operation that starts a call (`get`, `set`, `claim`) goes through here, so the
+    /// index round trip happens once, before the first read, and never between a caller's read
+    /// and its claim, where it would widen the window for a duplicate computation.
+    async fn indexed_collection(
+        &self,
+        operation: &'static str,
+        key: &Key,
+    ) -> Result<Collection<Document>> {
+        let name = self.config.collection_name(&key.namespace);
         let collection = self.database.collection::<Document>(&name);
-        if self.indexed().contains(&name) {
-            return Ok(collection);
-        }
-        let index = IndexModel::builder()
-            .keys(doc! { field::FUNC: 1, field::KEY: 1 })
-            .options(
-                IndexOptions::builder()
-                    .unique(true)
-                    .name(INDEX_NAME.to_owned())
-                    .build(),
-            )
-            .build();
-        self.run("create index", namespace, collection.create_index(index))
-            .await?;
-        debug!(collection = %name, "unique (func, key) index in place");
-        self.indexed().insert(name);
+        let cell = self.indexed().entry(name).or_default().clone();
+        cell.get_or_try_init(|| async {
+            let index = IndexModel::builder()
+                .keys(doc! { field::FUNC: 1, field::KEY: 1 })
+                .options(
+                    IndexOptions::builder()
+                        .unique(true)
+                        .name(INDEX_NAME.to_owned())
+                        .build(),
+                )
+                .build();
+            self.run(operation, key, collection.create_index(index))
+                .await?;
+            debug!(collection = %collection.name(), "unique (func, key) index in place");
+            Ok::<(), Error>(())
+        })
+        .await?;
         Ok(collection)
     }
 
@@ -281,7 +293,7 @@ impl Core for MongoCore {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let collection = self.collection(&key.namespace);
+        let collection = self.indexed_collection("get", key).await?;
         let found = self
             .run("get", key, collection.find_one(key_filter(key)))
             .await?;
@@ -299,7 +311,7 @@ impl Core for MongoCore {
             .with_backend(BACKEND)
             .with_key(key));
         }
-        let collection = self.writable_collection(&key.namespace).await?;
+        let collection = self.indexed_collection("set", key).await?;
         let stored_at = millis(stored_at);
         let mut attempt = 0;
         loop {
@@ -326,7 +338,7 @@ impl Core for MongoCore {
     }
 
     async fn claim(&self, key: &Key, lease: Duration) -> Result<Claim> {
-        let collection = self.writable_collection(&key.namespace).await?;
+        let collection = self.indexed_collection("claim", key).await?;
         for attempt in 1..=MAX_ATTEMPTS {
             let now = millis(Timestamp::now());
             let token = ClaimToken::generate();
