@@ -207,13 +207,13 @@ impl Report {
                 out,
                 "| {} | {} | {} | {} | {} {} | {:.2}x ({:.2}..{:.2}) | {} |",
                 r.target,
-                r.case,
+                md_escape(&r.case),
                 subject_row.map_or(String::new(), |s| format!(
                     "{} {}",
                     fmt_num(s.value.median, s.unit),
                     s.unit.as_str()
                 )),
-                r.variant,
+                md_escape(&r.variant),
                 fmt_num(r.value.median, r.unit),
                 r.unit.as_str(),
                 ratio.median,
@@ -322,6 +322,13 @@ fn fmt_num(v: f64, unit: Unit) -> String {
         _ if v >= 10.0 => format!("{v:.1}"),
         _ => format!("{v:.2}"),
     }
+}
+
+/// Escapes what Markdown would read as HTML (`Vec<u8>`) or as a cell border.
+fn md_escape(s: &str) -> String {
+    s.replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('|', "\\|")
 }
 
 fn json_num(v: f64) -> String {
