@@ -216,9 +216,9 @@ impl MongoCore {
     /// The collection of `key`'s namespace, with its unique `(func, key)` index created on first use
     /// by this process.
     ///
-    /// Every operation that starts a call (`get`, `set`, `claim`) goes through here, so the
-    /// index round trip happens once, before the first read, and never between a caller's read
-    /// and its claim, where it would widen the window for a duplicate computation.
+    /// `set` and `claim` go through here. Callers arriving together share one index round trip
+    /// (one cell per collection) instead of queueing one each between their read and their
+    /// claim, which would widen the window in which a late claimer computes a value again.
     async fn indexed_collection(
         &self,
         operation: &'static str,
@@ -293,7 +293,9 @@ impl Core for MongoCore {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let collection = self.indexed_collection("get", key).await?;
+        // A read creates nothing: no index, no collection (a read after `clear_namespace` must
+        // not bring the collection back).
+        let collection = self.collection(&key.namespace);
         let found = self
             .run("get", key, collection.find_one(key_filter(key)))
             .await?;

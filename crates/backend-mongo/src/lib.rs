@@ -39,7 +39,7 @@
 //!   | `claim_token` | string            | the holder's [`cachier_core::ClaimToken`]            |
 //!
 //! - **A unique index on `(func, key)`**, named `func_key`, created the first time this process
-//!   uses a collection, before its first read (and again after the server was unreachable, since it may have come
+//!   writes to a collection, once however many callers arrive together (and again after the server was unreachable, since it may have come
 //!   back empty). Documents are found by `(func, key)`; the deterministic `_id`, set only when a
 //!   document is inserted, makes two concurrent inserts of the same key collide on the `_id`
 //!   index even if the `(func, key)` index was dropped meanwhile, so a key never has two
