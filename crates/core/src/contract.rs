@@ -138,7 +138,6 @@ pub struct Capabilities {
     pub max_value_bytes: Option<u64>,
 }
 
-
 /// How long the default [`Core::wait`] sleeps at first between two reads.
 pub const WAIT_POLL_START: Duration = Duration::from_millis(5);
 /// The longest sleep of the default [`Core::wait`] between two reads.

@@ -447,7 +447,7 @@ enum Usable<T> {
 struct Freshness {
     /// The oldest a value may be: min(stale_after, max_age).
     max_age: Option<Duration>,
-    /// With `overwrite_cache`: only values stored since the call began count.
+    /// With `overwrite_cache`: only values stored after the millisecond the call began count.
     stored_since: Option<Timestamp>,
 }
 
@@ -561,6 +561,18 @@ impl Function {
                     return self.compute_unclaimed(&key, compute, false).await;
                 }
                 Ok(Claim::Acquired(token)) => {
+                    // Between our read and this claim, another caller may have stored its
+                    // value and ended its claim: look once more before computing again.
+                    if let Ok(entry) = core.get(&key).await
+                        && let Usable::Fresh(value) =
+                            self.judge_reporting(&key, entry.as_ref(), freshness, false)
+                    {
+                        if let Err(err) = core.release(&key, &token).await {
+                            tracing::warn!(key = %key, error = %err, "claim release failed; it ends with its lease");
+                        }
+                        Counters::bump(&self.counters.hits);
+                        return Ok(Ok(value));
+                    }
                     Counters::bump(&self.counters.misses);
                     return self.compute_claimed(key, token, compute).await;
                 }
@@ -734,6 +746,18 @@ impl Function {
         entry: Option<&Entry>,
         freshness: Freshness,
     ) -> Usable<T> {
+        self.judge_reporting(key, entry, freshness, true)
+    }
+
+    /// [`Function::judge`]; `report_corrupt` false for a second look at an entry already
+    /// reported.
+    fn judge_reporting<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &Key,
+        entry: Option<&Entry>,
+        freshness: Freshness,
+        report_corrupt: bool,
+    ) -> Usable<T> {
         let Some((bytes, stored_at)) =
             entry.and_then(|e| e.value.as_ref().map(|v| (v, e.stored_at)))
         else {
@@ -742,8 +766,10 @@ impl Function {
         let value: T = match codec::open::<DefaultCodec, T>(bytes, self.settings.decode_limit) {
             Ok(value) => value,
             Err(err) => {
-                Counters::bump(&self.counters.corrupt_entries);
-                tracing::warn!(key = %key, error = %err, "stored value does not decode; treating it as a miss");
+                if report_corrupt {
+                    Counters::bump(&self.counters.corrupt_entries);
+                    tracing::warn!(key = %key, error = %err, "stored value does not decode; treating it as a miss");
+                }
                 return Usable::Missing;
             }
         };
@@ -755,7 +781,7 @@ impl Function {
             .is_some_and(|age| stored_at.elapsed() > age);
         let too_early = freshness
             .stored_since
-            .is_some_and(|since| stored_at < since);
+            .is_some_and(|since| stored_at <= since);
         if too_old || too_early {
             Usable::Stale(value)
         } else {

@@ -91,8 +91,17 @@ fn key_text_forms_are_stable() {
 #[test]
 fn same_value_different_type_is_a_different_key() {
     // Fixed-width integers: 1u8 and 1u64 hash differently, and so do "a" and ('a',).
-    assert_ne!(ArgHash::of(&1u8).expect("hash"), ArgHash::of(&1u64).expect("hash"));
-    assert_ne!(ArgHash::of("a").expect("hash"), ArgHash::of(&('a',)).expect("hash"));
+    assert_ne!(
+        ArgHash::of(&1u8).expect("hash"),
+        ArgHash::of(&1u64).expect("hash")
+    );
+    assert_ne!(
+        ArgHash::of("a").expect("hash"),
+        ArgHash::of(&('a',)).expect("hash")
+    );
     // A &str and a String of the same text are the same argument.
-    assert_eq!(ArgHash::of("x").expect("hash"), ArgHash::of(&String::from("x")).expect("hash"));
+    assert_eq!(
+        ArgHash::of("x").expect("hash"),
+        ArgHash::of(&String::from("x")).expect("hash")
+    );
 }

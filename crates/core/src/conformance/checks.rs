@@ -874,7 +874,7 @@ pub async fn stale_after_recomputes(h: &Harness) -> Outcome {
     };
     assert_eq!(call(runs.clone()).await, 0);
     assert_eq!(call(runs.clone()).await, 0, "fresh value not served");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     assert_eq!(call(runs.clone()).await, 1, "stale value served");
     assert_eq!(runs.load(SeqCst), 2);
     Outcome::Passed
@@ -1411,7 +1411,16 @@ pub async fn waiters_receive_holders_value(h: &Harness) -> Outcome {
         .await
         .expect("call")
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let key = s.key("f", &1u8);
+    let claimed = eventually(Duration::from_secs(10), || async {
+        s.core
+            .get(&key)
+            .await
+            .expect("get")
+            .is_some_and(|e| e.is_claimed())
+    })
+    .await;
+    assert!(claimed, "the first caller never claimed the key");
     let mut waiters = Vec::new();
     for _ in 0..8 {
         let (f, r) = (f.clone(), runs.clone());
@@ -1491,24 +1500,24 @@ pub async fn lease_renewed_while_computing(h: &Harness) -> Outcome {
     let s = h.scope().await;
     let f = s
         .builder()
-        .lease(Duration::from_millis(600))
+        .lease(Duration::from_millis(1000))
         .build()
         .function(func_id("f"));
     let runs = counter();
     let (f1, r1) = (f.clone(), runs.clone());
     let holder = tokio::spawn(async move {
         f1.call(&1u8, move || async move {
-            tokio::time::sleep(Duration::from_millis(2000)).await;
+            tokio::time::sleep(Duration::from_millis(3500)).await;
             r1.fetch_add(1, SeqCst);
             1u64
         })
         .await
         .expect("call")
     });
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
     let other = crate::Cachier::builder(h.core().await)
         .with_namespace(s.namespace.clone())
-        .lease(Duration::from_millis(600))
+        .lease(Duration::from_millis(1000))
         .build()
         .function(func_id("f"));
     let r2 = runs.clone();
