@@ -34,8 +34,12 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// cargo-nextest when `cargo nextest` answers, else `cargo test`.
+    /// cargo-nextest when `cargo nextest` answers, else `cargo test`. Setting
+    /// `CACHIER_XTASK_RUNNER=cargo-test` chooses `cargo test` even when nextest is installed.
     pub fn detect() -> Engine {
+        if std::env::var("CACHIER_XTASK_RUNNER").is_ok_and(|r| r == "cargo-test") {
+            return Engine::CargoTest;
+        }
         let nextest = workspace::cargo()
             .args(["nextest", "--version"])
             .stdout(Stdio::null())
