@@ -16,6 +16,9 @@ commands:
   services [SERVICE...]   find or start services (redis postgres mysql mongo; default all)
                           and print their URLs; with --keep they stay up
   setup-mongo             install the nx-27017 MongoDB wire server into target/xtask/nx-venv
+  bench [TARGET...] [--quick]
+                          benchmarks against the raw client operations (targets: memory file
+                          redis; default all); tables in target/bench/results.{json,csv,md}
   help                    this text
 
 test options:
@@ -39,6 +42,7 @@ pub enum Command {
     Ci(TestArgs),
     Services { kinds: Vec<ServiceKind>, keep: bool },
     SetupMongo,
+    Bench(Vec<String>),
     Help,
 }
 
@@ -91,6 +95,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             Ok(Command::Services { kinds, keep })
         }
         "setup-mongo" if rest.is_empty() => Ok(Command::SetupMongo),
+        "bench" => Ok(Command::Bench(rest.to_vec())),
         "help" | "--help" | "-h" => Ok(Command::Help),
         other => Err(format!("unknown command {other:?}")),
     }

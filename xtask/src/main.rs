@@ -12,8 +12,10 @@
 //!   counts back;
 //! - [`leftovers`]: checking that no test namespace survived the run;
 //! - [`matrix`]: `cargo xtask test`, tying these together and printing the table;
-//! - [`ci`]: `cargo xtask ci`.
+//! - [`ci`]: `cargo xtask ci`;
+//! - [`bench`]: `cargo xtask bench`, which runs the `cachier-bench` package in release mode.
 
+mod bench;
 mod ci;
 mod cli;
 mod leftovers;
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Test(args) => matrix::test(&args),
         Command::Ci(args) => ci::ci(&args),
         Command::Services { kinds, keep } => show_services(&kinds, keep),
+        Command::Bench(args) => bench::bench(&args),
         Command::SetupMongo => services::mongo::setup().map(|server| {
             println!("nx-27017 is installed: {}", server.display());
             true

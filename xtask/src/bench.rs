@@ -1,0 +1,35 @@
+//! `cargo xtask bench [TARGET...] [--quick]`: runs the benchmark package (`bench/`) in release
+//! mode. When the Redis target is selected, Redis is found or started like for the tests and its
+//! URL handed over in `CACHIER_TEST_REDIS_URL`; a throwaway server is stopped afterwards.
+
+use crate::services::{self, Policy, ServiceKind};
+use crate::workspace;
+
+/// Runs the benchmarks; `Ok(true)` when they ran and passed their own checks.
+pub fn bench(args: &[String]) -> Result<bool, String> {
+    let targets: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let wants_redis = targets.is_empty() || targets.iter().any(|t| t.as_str() == "redis");
+    let redis = if wants_redis {
+        let policy = Policy {
+            may_start: true,
+            detach: false,
+        };
+        Some(services::resolve(ServiceKind::Redis, policy)?)
+    } else {
+        None
+    };
+    let mut cargo = workspace::cargo();
+    cargo.args(["run", "--release", "--package", "cachier-bench", "--"]);
+    cargo.args(args);
+    if let Some(redis) = &redis {
+        println!("{}", redis.describe());
+        cargo.env(ServiceKind::Redis.env_var(), &redis.url);
+    }
+    let status = cargo
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if let Some(redis) = redis {
+        redis.stop()?;
+    }
+    Ok(status.success())
+}
