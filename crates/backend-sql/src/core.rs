@@ -883,9 +883,13 @@ fn build_pool<C: R2D2Connection + Send + 'static>(
     config: &Config,
 ) -> Result<r2d2::Pool<Manager<C>>, DbError> {
     let memory = config.is_memory();
+    let size = if memory { 1 } else { config.pool_size };
+    // Every connection is opened while the pool is built (build waits for `min_idle`), never
+    // later on r2d2's background threads: a process that exits while such a thread is in the
+    // middle of a TLS handshake crashes in libpq/OpenSSL's exit-time cleanup.
     let builder = r2d2::Pool::builder()
-        .max_size(if memory { 1 } else { config.pool_size })
-        .min_idle(Some(1))
+        .max_size(size)
+        .min_idle(Some(size))
         .connection_timeout(config.connect_timeout)
         .test_on_check_out(false);
     // The one connection of an in-memory database is the database: never let it go.
