@@ -13,7 +13,7 @@
 //! - [`leftovers`]: checking that no test namespace survived the run;
 //! - [`matrix`]: `cargo xtask test`, tying these together and printing the table;
 //! - [`ci`]: `cargo xtask ci`;
-//! - [`bench`]: `cargo xtask bench`, which runs the `cachier-bench` package in release mode.
+//! - [`bench`](mod@bench): `cargo xtask bench`, which runs the `cachier-bench` package in release mode.
 
 mod bench;
 mod ci;
