@@ -5,7 +5,8 @@
 //! 3. the whole matrix (`test all`): every existing target, every service required (a target
 //!    whose server cannot be found or started fails)
 //! 4. `cargo test --doc --workspace --all-features` (nextest does not run doc tests)
-//! 5. the leftover check: a test namespace left behind fails the run
+//! 5. `cargo doc --no-deps --workspace --all-features` with rustdoc warnings denied
+//! 6. the leftover check: a test namespace left behind fails the run
 //!
 //! Every step runs even when an earlier one failed, so one run shows everything; the tests and
 //! the doc tests use the same `--workspace --all-features` selection, so nothing heavy is
@@ -22,7 +23,7 @@ use crate::workspace;
 /// Runs CI; returns whether everything passed.
 pub fn ci(args: &TestArgs) -> Result<bool, String> {
     let mut rows = vec![
-        cargo_step("fmt", &["fmt", "--all", "--check"]),
+        cargo_step("fmt", &["fmt", "--all", "--check"], &[]),
         cargo_step(
             "clippy",
             &[
@@ -34,6 +35,7 @@ pub fn ci(args: &TestArgs) -> Result<bool, String> {
                 "-D",
                 "warnings",
             ],
+            &[],
         ),
     ];
 
@@ -45,6 +47,11 @@ pub fn ci(args: &TestArgs) -> Result<bool, String> {
         .map(|s| (s.kind.env_var().to_owned(), s.url.clone()))
         .collect();
     rows.push(doc_tests(&envs));
+    rows.push(cargo_step(
+        "docs",
+        &["doc", "--no-deps", "--workspace", "--all-features"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    ));
 
     let leftovers_clean = outcome.leftovers.as_ref().is_some_and(|r| r.clean());
     let leftovers = if leftovers_clean {
@@ -59,11 +66,15 @@ pub fn ci(args: &TestArgs) -> Result<bool, String> {
     Ok(!rows.iter().any(Row::failed))
 }
 
-/// Runs a cargo command as one row of the table.
-fn cargo_step(name: &str, args: &[&str]) -> Row {
+/// Runs a cargo command, with extra environment variables, as one row of the table.
+fn cargo_step(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Row {
     println!("== {name}: cargo {}", args.join(" "));
     let started = Instant::now();
-    let status = workspace::cargo().args(args).stdin(Stdio::null()).status();
+    let status = workspace::cargo()
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .status();
     let outcome = match status {
         Ok(s) if s.success() => Ok(()),
         Ok(s) => Err(format!("cargo {} failed ({s})", args[0])),
