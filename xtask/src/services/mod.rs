@@ -383,6 +383,32 @@ pub fn test_namespace_pid(name: &str) -> Option<u32> {
         .find_map(|part| part.parse().ok().filter(|&pid| pid > 1))
 }
 
+/// Runs a database's command-line client and returns the non-empty lines it printed, or its
+/// error output when it fails.
+fn client_lines(
+    command: &mut Command,
+    client: &str,
+    url: &ServiceUrl,
+) -> Result<Vec<String>, String> {
+    let output = command
+        .output()
+        .map_err(|e| format!("cannot run {client}: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{client} on {}:{} failed: {}",
+            url.host,
+            url.port,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     //! Shared body of each service module's start-probe-stop test.

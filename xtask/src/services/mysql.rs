@@ -153,24 +153,8 @@ fn client(url: &str, sql: &str) -> Result<Vec<String>, String> {
     if !parsed.path.is_empty() {
         command.args(["-D", &parsed.path]);
     }
-    let output = command
-        .args(["-e", sql])
-        .output()
-        .map_err(|e| format!("cannot run the mariadb client: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "mariadb client on {}:{} failed: {}",
-            parsed.host,
-            parsed.port,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect())
+    command.args(["-e", sql]);
+    super::client_lines(&mut command, "the mariadb client", &parsed)
 }
 
 #[cfg(test)]

@@ -169,7 +169,8 @@ fn psql(url: &str, query: &str) -> Result<Vec<String>, String> {
         .ok_or_else(|| missing("psql", "apt-get install -y postgresql-client"))?;
     // psql takes a libpq URL; make sure it is one even when given as postgresql://.
     let parsed = ServiceUrl::parse(url, 5432)?;
-    let output = Command::new(psql)
+    let mut command = Command::new(psql);
+    command
         .args([
             "-X",
             "-A",
@@ -183,23 +184,8 @@ fn psql(url: &str, query: &str) -> Result<Vec<String>, String> {
             query,
         ])
         .env("PGCONNECT_TIMEOUT", "5")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run psql: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "psql on {}:{} failed: {}",
-            parsed.host,
-            parsed.port,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect())
+        .stdin(Stdio::null());
+    super::client_lines(&mut command, "psql", &parsed)
 }
 
 #[cfg(test)]

@@ -959,17 +959,11 @@ pub async fn next_time_serves_stale_then_refreshes(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
-/// `skip_cache` computes without reading or writing.
-pub async fn skip_cache_bypasses(h: &Harness) -> Outcome {
-    let s = h.scope().await;
-    let f = s.cache().function(func_id("f"));
+/// Calls `f` once per step with the step's options; each call returns how many computations ran
+/// before it, and must return the step's expected value.
+async fn call_steps(f: &crate::Function, steps: &[(CallOptions, u64)]) {
     let runs = counter();
-    let skip = CallOptions::default().skip_cache(true);
-    for (opts, expected) in [
-        (CallOptions::default(), 0u64),
-        (skip, 1),
-        (CallOptions::default(), 0),
-    ] {
+    for (i, &(opts, expected)) in steps.iter().enumerate() {
         let r = runs.clone();
         let v: u64 = f
             .call_with(
@@ -979,8 +973,19 @@ pub async fn skip_cache_bypasses(h: &Harness) -> Outcome {
             )
             .await
             .expect("call");
-        assert_eq!(v, expected);
+        assert_eq!(v, expected, "step {i}");
     }
+}
+
+/// `skip_cache` computes without reading or writing.
+pub async fn skip_cache_bypasses(h: &Harness) -> Outcome {
+    let s = h.scope().await;
+    let f = s.cache().function(func_id("f"));
+    let (plain, skip) = (
+        CallOptions::default(),
+        CallOptions::default().skip_cache(true),
+    );
+    call_steps(&f, &[(plain, 0), (skip, 1), (plain, 0)]).await;
     assert_eq!(f.stats().bypassed, 1);
     Outcome::Passed
 }
@@ -989,24 +994,11 @@ pub async fn skip_cache_bypasses(h: &Harness) -> Outcome {
 pub async fn overwrite_cache_recomputes_and_stores(h: &Harness) -> Outcome {
     let s = h.scope().await;
     let f = s.cache().function(func_id("f"));
-    let runs = counter();
-    let over = CallOptions::default().overwrite_cache(true);
-    for (opts, expected) in [
-        (CallOptions::default(), 0u64),
-        (over, 1),
-        (CallOptions::default(), 1),
-    ] {
-        let r = runs.clone();
-        let v: u64 = f
-            .call_with(
-                opts,
-                &1u8,
-                move || async move { r.fetch_add(1, SeqCst) as u64 },
-            )
-            .await
-            .expect("call");
-        assert_eq!(v, expected);
-    }
+    let (plain, over) = (
+        CallOptions::default(),
+        CallOptions::default().overwrite_cache(true),
+    );
+    call_steps(&f, &[(plain, 0), (over, 1), (plain, 1)]).await;
     Outcome::Passed
 }
 
