@@ -199,6 +199,23 @@ impl Core for FileCore {
         self.run("get", key, move |store| store.get(&k)).await
     }
 
+    /// The hit path: one open and read of the entry file, without the claim file.
+    async fn get_value(&self, key: &Key) -> Result<Option<Entry>> {
+        let max = self.inner.inline_read_max;
+        if max > 0 {
+            match self.inner.store.get_value_up_to(key, max) {
+                Ok(Some(entry)) => return Ok(entry),
+                Ok(None) => {}
+                Err(e) => return Err(fs_error(e, "get", key)),
+            }
+        }
+        let k = key.clone();
+        self.run("get", key, move |store| {
+            store.get_value_up_to(&k, u64::MAX).map(Option::flatten)
+        })
+        .await
+    }
+
     async fn set(&self, key: &Key, value: Bytes, stored_at: Timestamp) -> Result<()> {
         let k = key.clone();
         let result = self

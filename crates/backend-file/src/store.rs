@@ -89,6 +89,25 @@ impl Store {
         }))
     }
 
+    /// The value under `key` without looking at its claim file (for `Core::get_value`):
+    /// `None` without reading when the entry file is larger than `max_len` bytes.
+    pub(crate) fn get_value_up_to(
+        &self,
+        key: &Key,
+        max_len: u64,
+    ) -> FsResult<Option<Option<Entry>>> {
+        let paths = KeyPaths::new(&self.root, key);
+        Ok(match read_entry(&paths.entry, max_len)? {
+            EntryRead::TooLarge => None,
+            EntryRead::Missing => Some(None),
+            EntryRead::Value(stored_at, value) => Some(Some(Entry {
+                value: Some(value),
+                stored_at,
+                claim_until: None,
+            })),
+        })
+    }
+
     /// Writes the entry file atomically, then ends any claim on the key.
     pub(crate) fn set(&self, key: &Key, value: &[u8], stored_at: Timestamp) -> FsResult<()> {
         let paths = KeyPaths::new(&self.root, key);

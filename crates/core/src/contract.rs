@@ -169,6 +169,14 @@ pub trait Core: Send + Sync + 'static {
     /// neither a value nor a live claim.
     async fn get(&self, key: &Key) -> Result<Option<Entry>>;
 
+    /// Reads the value and its `stored_at` under `key`, for the front end's hit path. Unlike
+    /// [`Core::get`] it need not report a claim: `claim_until` may be `None` although a claim is
+    /// live, and a key with only a claim may read as `None`. Backends for which the claim costs
+    /// extra work on a read (another file, another lookup) override it; the default is `get`.
+    async fn get_value(&self, key: &Key) -> Result<Option<Entry>> {
+        self.get(key).await
+    }
+
     /// Stores `value` under `key` (replacing any value) and ends any claim on the key.
     async fn set(&self, key: &Key, value: Bytes, stored_at: Timestamp) -> Result<()>;
 

@@ -514,7 +514,14 @@ impl Function {
         let core = &self.cache.inner.core;
 
         if !opts.overwrite_cache {
-            match core.get(&key).await {
+            // The claim matters on this first read only to `next_time` (no refresh while one
+            // runs); otherwise the cheaper value-only read serves the hit.
+            let read = if self.settings.next_time {
+                core.get(&key).await
+            } else {
+                core.get_value(&key).await
+            };
+            match read {
                 Err(err) => {
                     self.backend_error("get", &key, err)?;
                     return self.compute_unclaimed(&key, compute, false).await;

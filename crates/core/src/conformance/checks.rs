@@ -88,6 +88,33 @@ pub async fn set_get_round_trip(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
+/// `get_value` (the hit path's read) returns the value and time `get` returns; for a key with
+/// only a claim it returns no value.
+pub async fn get_value_matches_get(h: &Harness) -> Outcome {
+    let s = h.scope().await;
+    let (key, claimed, missing) = (s.key("f", &1u8), s.key("f", &2u8), s.key("f", &3u8));
+    s.core
+        .set(&key, Bytes::from_static(b"v"), Timestamp(1_700_000_000_456))
+        .await
+        .expect("set");
+    let full = s.core.get(&key).await.expect("get").expect("entry");
+    let value = s
+        .core
+        .get_value(&key)
+        .await
+        .expect("get_value")
+        .expect("entry");
+    assert_eq!(
+        (&value.value, value.stored_at),
+        (&full.value, full.stored_at)
+    );
+    acquired(s.core.claim(&claimed, LEASE).await.expect("claim"));
+    let claim_only = s.core.get_value(&claimed).await.expect("get_value");
+    assert!(claim_only.is_none_or(|e| e.value.is_none()));
+    assert_eq!(s.core.get_value(&missing).await.expect("get_value"), None);
+    Outcome::Passed
+}
+
 /// A second `set` replaces value and time.
 pub async fn set_overwrites(h: &Harness) -> Outcome {
     let s = h.scope().await;

@@ -241,6 +241,7 @@ macro_rules! __conformance_checks {
         $crate::__conformance_tests!($harness;
             get_missing_is_none,
             set_get_round_trip,
+            get_value_matches_get,
             set_overwrites,
             binary_values_every_byte,
             empty_value_round_trips,
