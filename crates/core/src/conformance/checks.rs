@@ -1098,10 +1098,8 @@ pub async fn clear_function_spares_sibling(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
-/// A `None` result is returned but not cached by default.
-pub async fn none_not_cached_by_default(h: &Harness) -> Outcome {
-    let s = h.scope().await;
-    let f = s.cache().function(func_id("f"));
+/// Calls `f` twice with a function returning `None`; returns how often it ran.
+async fn runs_of_two_none_calls(f: &crate::Function) -> usize {
     let runs = counter();
     for _ in 0..2 {
         let r = runs.clone();
@@ -1114,7 +1112,14 @@ pub async fn none_not_cached_by_default(h: &Harness) -> Outcome {
             .expect("call");
         assert_eq!(v, None);
     }
-    assert_eq!(runs.load(SeqCst), 2);
+    runs.load(SeqCst)
+}
+
+/// A `None` result is returned but not cached by default.
+pub async fn none_not_cached_by_default(h: &Harness) -> Outcome {
+    let s = h.scope().await;
+    let f = s.cache().function(func_id("f"));
+    assert_eq!(runs_of_two_none_calls(&f).await, 2);
     Outcome::Passed
 }
 
@@ -1122,19 +1127,7 @@ pub async fn none_not_cached_by_default(h: &Harness) -> Outcome {
 pub async fn none_cached_with_allow_none(h: &Harness) -> Outcome {
     let s = h.scope().await;
     let f = s.builder().allow_none(true).build().function(func_id("f"));
-    let runs = counter();
-    for _ in 0..2 {
-        let r = runs.clone();
-        let v: Option<u32> = f
-            .call(&1u8, move || async move {
-                r.fetch_add(1, SeqCst);
-                None
-            })
-            .await
-            .expect("call");
-        assert_eq!(v, None);
-    }
-    assert_eq!(runs.load(SeqCst), 1);
+    assert_eq!(runs_of_two_none_calls(&f).await, 1);
     Outcome::Passed
 }
 
