@@ -180,6 +180,20 @@ pub fn run(
         "CACHIER_TEST_FILE_DIR".to_owned(),
         local.file_dir.display().to_string(),
     ));
+    // Fault tests start private MongoDB wire servers of their own: they must find the one xtask
+    // installed, whichever server the shared URL points at.
+    if runnable
+        .iter()
+        .any(|(_, t)| t.services.contains(&ServiceKind::Mongo))
+    {
+        match services::mongo::server_binary() {
+            Ok(bin) => envs.push((
+                "CACHIER_NX27017_BIN".to_owned(),
+                bin.display().to_string(),
+            )),
+            Err(e) => println!("== nx-27017 for the mongo fault tests: {e}"),
+        }
+    }
     runnable.retain(|(i, target)| {
         let missing: Vec<String> = target
             .services

@@ -19,13 +19,11 @@ use common::TestNamespace;
 
 /// Where the server binary may be named explicitly.
 const BIN_VAR: &str = "CACHIER_NX27017_BIN";
-/// Where this project's machines keep it.
-const FALLBACK_BIN: &str = "/opt/nx/bin/nx-27017";
-const INSTALL_HINT: &str = "python3 -m venv DIR && DIR/bin/pip install 'nx-27017==0.8.1' \
-                            'neosqlite==1.17.2', then set CACHIER_NX27017_BIN=DIR/bin/nx-27017";
+const INSTALL_HINT: &str = "cargo xtask setup-mongo (or: python3 -m venv DIR && DIR/bin/pip install \
+                            'nx-27017==0.8.1' 'neosqlite==1.17.2', then set CACHIER_NX27017_BIN=DIR/bin/nx-27017)";
 
-/// The nx-27017 binary: `$CACHIER_NX27017_BIN`, else `nx-27017` on `PATH`, else
-/// [`FALLBACK_BIN`].
+/// The nx-27017 binary: `$CACHIER_NX27017_BIN` (set by `cargo xtask test`), else `nx-27017` on
+/// `PATH`, else the one `cargo xtask setup-mongo` installs under the target directory.
 fn server_binary() -> PathBuf {
     if let Some(bin) = std::env::var_os(BIN_VAR).filter(|b| !b.is_empty()) {
         let bin = PathBuf::from(bin);
@@ -40,13 +38,17 @@ fn server_binary() -> PathBuf {
     if let Some(bin) = on_path {
         return bin;
     }
-    let fallback = PathBuf::from(FALLBACK_BIN);
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let xtask_installed = target.join("xtask/nx-venv/bin/nx-27017");
     assert!(
-        fallback.is_file(),
+        xtask_installed.is_file(),
         "this test starts its own MongoDB wire server and found no nx-27017 \
-         ({BIN_VAR} unset, none on PATH, none at {FALLBACK_BIN}). Install it: {INSTALL_HINT}"
+         ({BIN_VAR} unset, none on PATH, none at {}). Install it: {INSTALL_HINT}",
+        xtask_installed.display()
     );
-    fallback
+    xtask_installed
 }
 
 /// A private nx-27017 process, killed when dropped.

@@ -89,6 +89,15 @@ fn run_command(stream: &mut TcpStream, command: &Document) -> Result<Document, S
     }
 }
 
+/// The `nx-27017` that tests starting private servers of their own must use: the installed one,
+/// else the one [`setup`] installs. The matrix hands it to them in `CACHIER_NX27017_BIN`.
+pub fn server_binary() -> Result<PathBuf, String> {
+    match installed_server() {
+        Some(server) => Ok(server),
+        None => setup(),
+    }
+}
+
 /// The `nx-27017` to run, if one is installed.
 fn installed_server() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os("CACHIER_NX27017_BIN").filter(|b| !b.is_empty()) {
@@ -144,10 +153,7 @@ pub fn setup() -> Result<PathBuf, String> {
 
 /// Starts `nx-27017` on `port` with in-memory databases.
 pub fn launch(port: u16, dir: &Path, detach: bool) -> Result<Launch, String> {
-    let server = match installed_server() {
-        Some(server) => server,
-        None => setup()?,
-    };
+    let server = server_binary()?;
     let log = dir.join("nx-27017.log");
     let mut command = Command::new(server);
     command

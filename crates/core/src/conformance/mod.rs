@@ -36,6 +36,20 @@
 //!
 //! `make_core` is called once per check (and once in every child process), so it must reach the
 //! same store each time it is called: read URLs from the environment, use a fixed directory.
+//!
+//! ## Outages
+//!
+//! A backend that talks to a server also proves that an outage costs its callers nothing: give
+//! the macro a second factory that starts a private server of the check's own and returns an
+//! [`Outage`] (a core connected to it, and the means to stop and start it again):
+//!
+//! ```ignore
+//! cachier_core::conformance_suite!(make_core, outage = make_outage);
+//! ```
+//!
+//! The outage checks stop that private server mid-run — never the shared one other checks use —
+//! and are skipped, with the reason, for a backend given no outage factory (an in-process or
+//! embedded store has no server to lose).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -51,6 +65,25 @@ pub use process::child_main;
 /// What the factory given to [`conformance_suite!`](crate::conformance_suite!) returns.
 pub type CoreFuture = Pin<Box<dyn Future<Output = Arc<dyn Core>> + Send>>;
 
+/// What the outage factory given to [`conformance_suite!`](crate::conformance_suite!) returns.
+pub type OutageFuture = Pin<Box<dyn Future<Output = Box<dyn Outage>> + Send>>;
+
+/// A private server of one check's own, which the check stops and starts again.
+///
+/// Dropping it stops the server for good and removes whatever it kept on disk.
+#[crate::async_trait]
+pub trait Outage: Send + Sync + 'static {
+    /// A new core connected to the private server, opened while the server runs.
+    async fn core(&self) -> Arc<dyn Core>;
+
+    /// Stops the server: from now on its address refuses connections (or, for a server that
+    /// cannot be stopped that way, does not answer).
+    async fn stop(&self);
+
+    /// Starts the server again on the same address; returns once it answers.
+    async fn start(&self);
+}
+
 /// The result of one check. A failure is a panic (a failed assertion).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -64,6 +97,7 @@ pub enum Outcome {
 #[derive(Clone)]
 pub struct Harness {
     factory: fn() -> CoreFuture,
+    outage: Option<fn() -> OutageFuture>,
     module: &'static str,
     test: &'static str,
 }
@@ -74,8 +108,23 @@ impl Harness {
     pub fn new(factory: fn() -> CoreFuture, module: &'static str, test: &'static str) -> Self {
         Harness {
             factory,
+            outage: None,
             module,
             test,
+        }
+    }
+
+    /// The same harness with a factory of private servers for the outage checks.
+    pub fn with_outage(mut self, outage: fn() -> OutageFuture) -> Self {
+        self.outage = Some(outage);
+        self
+    }
+
+    /// A private server to stop and start, if the backend has an outage factory.
+    pub async fn outage(&self) -> Option<Box<dyn Outage>> {
+        match self.outage {
+            Some(make) => Some(make().await),
+            None => None,
         }
     }
 
@@ -205,10 +254,33 @@ where
 }
 
 /// Expands into one test per conformance check for the backend made by `$factory`, an
-/// `async fn() -> Arc<dyn Core>`. See the [module docs](crate::conformance).
+/// `async fn() -> Arc<dyn Core>`; with `outage = $outage`, an `async fn() -> impl Outage` that
+/// starts a private server, the outage checks run too. See the [module docs](crate::conformance).
 #[macro_export]
 macro_rules! conformance_suite {
     ($factory:path) => {
+        $crate::__conformance_module!($factory, |h| h);
+    };
+    ($factory:path, outage = $outage:path $(,)?) => {
+        $crate::__conformance_module!($factory, |h| {
+            fn outage() -> $crate::conformance::OutageFuture {
+                ::std::boxed::Box::pin(async {
+                    let outage: ::std::boxed::Box<dyn $crate::conformance::Outage> =
+                        ::std::boxed::Box::new($outage().await);
+                    outage
+                })
+            }
+            h.with_outage(outage)
+        });
+    };
+}
+
+/// The module [`conformance_suite!`](crate::conformance_suite!) expands into; `$extend` adds the
+/// optional factories to each check's harness.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_module {
+    ($factory:path, |$h:ident| $extend:expr) => {
         #[allow(missing_docs)]
         mod cachier_conformance {
             #[allow(unused_imports)]
@@ -219,7 +291,8 @@ macro_rules! conformance_suite {
             }
 
             fn harness(test: &'static str) -> $crate::conformance::Harness {
-                $crate::conformance::Harness::new(factory, ::std::module_path!(), test)
+                let $h = $crate::conformance::Harness::new(factory, ::std::module_path!(), test);
+                $extend
             }
 
             #[test]
