@@ -13,7 +13,10 @@
 //! 3. an [`ArgHash`]: the arguments, as one serde value (a tuple for several arguments),
 //!    serialized with bincode 2 in a fixed configuration (little-endian, fixed-width integers,
 //!    no limit) after the 16-byte domain tag `cachier-key-v1\0\0`, hashed with BLAKE3 and written
-//!    as 64 lowercase hex digits.
+//!    as 64 lowercase hex digits. Equal arguments give equal keys: the entries of every hash
+//!    collection (`HashMap`, `HashSet`, at any depth) are written sorted by their own encoded
+//!    bytes, not in iteration order, so two equal maps hash alike. Ordered collections
+//!    (`BTreeMap`, `Vec`, ...) are written as they iterate, unchanged.
 //!
 //! The canonical text form ([`Key::canonical`]) is `1\x1f{namespace}\x1f{func}\x1f{hash}`: the
 //! format version, then the parts, separated by the ASCII unit separator, which no part may
@@ -27,6 +30,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::canonical::Canonical;
 use crate::error::{Error, Result};
 
 /// The version of the key format described in this module.
@@ -164,14 +168,16 @@ impl ArgHash {
         let mut hasher = blake3::Hasher::new();
         hasher.update(KEY_DOMAIN_TAG);
         let mut writer = HashWriter(&mut hasher);
-        bincode::serde::encode_into_writer(args, &mut writer, key_config()).map_err(|e| {
-            Error::new(
-                crate::ErrorKind::Codec,
-                "the arguments could not be serialized",
-            )
-            .with_source(e)
-            .with_operation("hash arguments")
-        })?;
+        bincode::serde::encode_into_writer(Canonical(args), &mut writer, key_config()).map_err(
+            |e| {
+                Error::new(
+                    crate::ErrorKind::Codec,
+                    "the arguments could not be serialized",
+                )
+                .with_source(e)
+                .with_operation("hash arguments")
+            },
+        )?;
         Ok(ArgHash(*hasher.finalize().as_bytes()))
     }
 
@@ -228,7 +234,7 @@ impl fmt::Debug for ArgHash {
     }
 }
 
-fn key_config() -> impl bincode::config::Config {
+pub(crate) fn key_config() -> impl bincode::config::Config {
     bincode::config::standard()
         .with_little_endian()
         .with_fixed_int_encoding()

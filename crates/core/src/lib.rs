@@ -47,6 +47,7 @@
 //! not stored; a compute function that fails or panics releases its claim.
 
 mod blocking;
+mod canonical;
 pub mod codec;
 mod contract;
 mod error;

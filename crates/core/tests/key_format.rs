@@ -2,6 +2,7 @@
 //! forms of one key. A change here is a change of format: bump `KEY_FORMAT_VERSION`, review the
 //! new snapshot (`cargo insta review`), and say so in the changelog — never by accident.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write;
 
 use cachier_core::{ArgHash, FuncId, KEY_FORMAT_VERSION, Key, Namespace};
@@ -69,6 +70,27 @@ fn argument_hashes_are_stable() {
     );
     line(&mut out, "enum struct variant", &Shape::Circle { r: 2.0 });
     line(&mut out, "enum unit variant", &Shape::Empty);
+    let pairs = [("b", 2u32), ("aa", 1), ("c", 3)];
+    line(
+        &mut out,
+        "BTreeMap<&str,u32>",
+        &pairs.iter().copied().collect::<BTreeMap<_, _>>(),
+    );
+    line(
+        &mut out,
+        "HashMap<&str,u32>",
+        &pairs.iter().copied().collect::<HashMap<_, _>>(),
+    );
+    line(
+        &mut out,
+        "HashSet<u32>",
+        &[300u32, 1, 70000].into_iter().collect::<HashSet<_>>(),
+    );
+    line(
+        &mut out,
+        "(Vec<HashMap>, u8)",
+        &(vec![pairs.iter().copied().collect::<HashMap<_, _>>()], 9u8),
+    );
     insta::assert_snapshot!("argument_hashes_v1", out);
 }
 
@@ -103,5 +125,65 @@ fn same_value_different_type_is_a_different_key() {
     assert_eq!(
         ArgHash::of("x").expect("hash"),
         ArgHash::of(&String::from("x")).expect("hash")
+    );
+}
+
+/// The key of `args` as format 1 was first written: the domain tag, then the plain bincode bytes.
+fn plain_hash<A: Serialize + ?Sized>(args: &A) -> ArgHash {
+    let config = bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding();
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"cachier-key-v1\0\0");
+    hasher.update(&bincode::serde::encode_to_vec(args, config).expect("serializable"));
+    ArgHash::from_bytes(*hasher.finalize().as_bytes())
+}
+
+#[test]
+fn equal_hash_collections_hash_alike() {
+    for n in 1..=20u32 {
+        // The same entries, inserted in opposite orders into maps of different capacities.
+        let mut a = HashMap::new();
+        let mut b = HashMap::with_capacity(1024);
+        for i in 0..n * 3 {
+            a.insert(format!("k{i}"), i);
+        }
+        for i in (0..n * 3).rev() {
+            b.insert(format!("k{i}"), i);
+        }
+        assert_eq!(a, b);
+        let (ka, kb) = (
+            ArgHash::of(&a).expect("hash"),
+            ArgHash::of(&b).expect("hash"),
+        );
+        assert_eq!(ka, kb, "equal maps of {} entries hash differently", a.len());
+        let set_a: HashSet<u64> = (0..u64::from(n) * 5).collect();
+        let set_b: HashSet<u64> = (0..u64::from(n) * 5).rev().collect();
+        assert_eq!(
+            ArgHash::of(&(&set_a, n)).expect("hash"),
+            ArgHash::of(&(&set_b, n)).expect("hash")
+        );
+        // Different maps still differ.
+        b.insert("extra".into(), 0);
+        assert_ne!(ka, ArgHash::of(&b).expect("hash"));
+    }
+}
+
+#[test]
+fn ordered_arguments_keep_their_keys() {
+    // Sorting applies to hash collections only: ordered maps, sets and sequences hash exactly as
+    // they did before it (their order is their own).
+    let map: BTreeMap<String, Vec<u32>> = (0..40).map(|i| (format!("{i}"), vec![i; 3])).collect();
+    assert_eq!(ArgHash::of(&map).expect("hash"), plain_hash(&map));
+    let set: BTreeSet<i64> = (-20..20).collect();
+    assert_eq!(
+        ArgHash::of(&(&set, "x")).expect("hash"),
+        plain_hash(&(&set, "x"))
+    );
+    let seq = vec![3u8, 1, 2];
+    assert_eq!(ArgHash::of(&seq).expect("hash"), plain_hash(&seq));
+    assert_ne!(
+        ArgHash::of(&seq).expect("hash"),
+        ArgHash::of(&vec![1u8, 2, 3]).expect("hash")
     );
 }
