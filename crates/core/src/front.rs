@@ -2,10 +2,13 @@
 //!
 //! One call follows DESIGN section 5:
 //!
-//! 1. Caching off or `skip_cache` → compute, return.
-//! 2. `get`. A fresh value (and `allow_none`, or not `None`) → return it.
-//! 3. A stale value and `next_time` → claim; if acquired, refresh in a background task; return
-//!    the stale value either way.
+//! 1. Caching off or `skip_cache` → compute, return. The backend unavailable (a connection-level
+//!    failure it has not recovered from, see [`crate::ProbeBackoff`]) → compute without it (or,
+//!    with `strict`, return the error), at once.
+//! 2. `get`. A fresh value (`now - stored_at` below every limit, and `allow_none` or not
+//!    `None`) → return it.
+//! 3. A stale value (but younger than the call's `max_age`) and `next_time` → claim; if acquired,
+//!    refresh in a background task; return the stale value either way.
 //! 4. Otherwise claim. Acquired → compute (renewing the lease meanwhile), `set` unless too large,
 //!    release on every path (error, panic, cancellation), return.
 //! 5. Held by someone else → `wait` for their value, up to `wait_for_calc_timeout`; a fresh value
@@ -25,6 +28,7 @@ use serde::de::DeserializeOwned;
 use crate::codec::{self, DefaultCodec};
 use crate::contract::{Claim, ClaimToken, Core, Entry, Timestamp};
 use crate::error::{Error, Result};
+use crate::health::{Health, ProbeBackoff};
 use crate::key::{FuncId, Key, Namespace};
 use crate::none::is_none;
 use crate::settings::{CallOptions, Settings, caching_enabled};
@@ -59,6 +63,7 @@ struct Inner {
     settings: Settings,
     enabled: std::sync::atomic::AtomicBool,
     functions: Mutex<HashMap<FuncId, Arc<Counters>>>,
+    health: Arc<Health>,
 }
 
 /// Builds a [`Cachier`]; see [`Settings`] for what each setting means and its default.
@@ -66,6 +71,7 @@ pub struct CachierBuilder {
     core: Arc<dyn Core>,
     namespace: Namespace,
     settings: Settings,
+    probe_backoff: ProbeBackoff,
 }
 
 impl CachierBuilder {
@@ -142,6 +148,13 @@ impl CachierBuilder {
         self
     }
 
+    /// How often an unavailable backend is probed again (see [`ProbeBackoff`]; default 100 ms,
+    /// doubling up to 2 s). While it is unavailable, calls compute without it at no extra cost.
+    pub fn probe_backoff(mut self, backoff: ProbeBackoff) -> Self {
+        self.probe_backoff = backoff;
+        self
+    }
+
     /// Finishes the cache.
     pub fn build(self) -> Cachier {
         Cachier {
@@ -151,6 +164,7 @@ impl CachierBuilder {
                 settings: self.settings,
                 enabled: std::sync::atomic::AtomicBool::new(true),
                 functions: Mutex::new(HashMap::new()),
+                health: Arc::new(Health::new(self.probe_backoff)),
             }),
         }
     }
@@ -163,6 +177,7 @@ impl Cachier {
             core,
             namespace: Namespace::default(),
             settings: Settings::default(),
+            probe_backoff: ProbeBackoff::default(),
         }
     }
 
@@ -213,6 +228,12 @@ impl Cachier {
     /// Whether this cache is on, and caching is on process-wide.
     pub fn is_enabled(&self) -> bool {
         caching_enabled() && self.inner.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Whether the backend is considered unavailable: after a connection-level failure, calls
+    /// skip it (computing, counted as `bypassed`) until a background probe finds it answering.
+    pub fn is_backend_unavailable(&self) -> bool {
+        self.inner.health.is_open()
     }
 }
 
@@ -390,47 +411,66 @@ impl Function {
     {
         let key = self.key(args)?;
         let bytes = codec::seal::<DefaultCodec, T>(value)?;
-        self.cache
-            .inner
-            .core
-            .set(&key, Bytes::from(bytes), Timestamp::now())
+        let core = &self.cache.inner.core;
+        self.maintenance("set", core.set(&key, Bytes::from(bytes), Timestamp::now()))
             .await
     }
 
     /// Removes the cached result for `args`; `true` if there was one.
     pub async fn remove<A: Serialize + ?Sized>(&self, args: &A) -> Result<bool> {
         let key = self.key(args)?;
-        self.cache.inner.core.remove(&key).await
+        self.maintenance("remove", self.cache.inner.core.remove(&key))
+            .await
     }
 
     /// Removes every cached result of this function (in this cache's namespace only).
     pub async fn clear(&self) -> Result<u64> {
-        self.cache
-            .inner
-            .core
-            .clear(&self.cache.inner.namespace, &self.id)
+        let inner = &self.cache.inner;
+        self.maintenance("clear", inner.core.clear(&inner.namespace, &self.id))
             .await
     }
 
     /// Ends every claim on this function's keys (for a claim known to be abandoned; leases end
     /// by themselves anyway).
     pub async fn clear_claims(&self) -> Result<u64> {
-        self.cache
-            .inner
-            .core
-            .clear_claims(&self.cache.inner.namespace, &self.id)
-            .await
+        let inner = &self.cache.inner;
+        self.maintenance(
+            "clear_claims",
+            inner.core.clear_claims(&inner.namespace, &self.id),
+        )
+        .await
     }
 
     /// Removes values of this function older than `stale_after` (all values stored before now
     /// when `stale_after` is not set). Returns how many were removed.
     pub async fn delete_stale(&self) -> Result<u64> {
         let before = Timestamp::now().sub(self.settings.stale_after.unwrap_or(Duration::ZERO));
-        self.cache
-            .inner
-            .core
-            .delete_stale(&self.cache.inner.namespace, &self.id, before)
-            .await
+        let inner = &self.cache.inner;
+        self.maintenance(
+            "delete_stale",
+            inner.core.delete_stale(&inner.namespace, &self.id, before),
+        )
+        .await
+    }
+
+    /// Runs a maintenance operation, or fails at once while the backend is unavailable.
+    async fn maintenance<T>(
+        &self,
+        operation: &'static str,
+        run: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let inner = &self.cache.inner;
+        if inner.health.is_open() {
+            return Err(inner.health.open_error(inner.core.as_ref(), operation));
+        }
+        self.seen(run.await)
+    }
+
+    /// Passes a backend result through, letting the cache's health see connection failures.
+    fn seen<T>(&self, result: Result<T>) -> Result<T> {
+        let inner = &self.cache.inner;
+        inner.health.observe(&inner.core, &inner.namespace, &result);
+        result
     }
 
     /// This function's metrics (shared by every handle of the same id in this cache).
@@ -446,10 +486,14 @@ enum Usable<T> {
     Missing,
 }
 
-/// Limits a call applies when judging a stored value.
+/// Limits a call applies when judging a stored value. A value is fresh while
+/// `now - stored_at < limit`: a limit of zero never serves a stored value.
 #[derive(Clone, Copy)]
 struct Freshness {
-    /// The oldest a value may be: min(stale_after, max_age).
+    /// The oldest a fresh value may be: min(stale_after, max_age).
+    stale_after: Option<Duration>,
+    /// The call's own `max_age`: a hard limit, past which a value is not served even stale
+    /// (under `next_time`).
     max_age: Option<Duration>,
     /// With `overwrite_cache`: only values stored after the millisecond the call began count.
     stored_since: Option<Timestamp>,
@@ -503,24 +547,36 @@ impl Function {
                 return Ok(compute().await);
             }
         };
+        let inner = &self.cache.inner;
+        if inner.health.is_open() {
+            // The backend failed at the connection level and has not answered since: skip it.
+            if self.settings.strict {
+                return Err(inner.health.open_error(inner.core.as_ref(), "call"));
+            }
+            inner.health.skipped(&inner.core, &inner.namespace);
+            Counters::bump(&self.counters.bypassed);
+            Counters::bump(&self.counters.computations);
+            return Ok(compute().await);
+        }
         self.maybe_clean_up();
         let freshness = Freshness {
-            max_age: match (self.settings.stale_after, opts.max_age) {
+            stale_after: match (self.settings.stale_after, opts.max_age) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             },
+            max_age: opts.max_age,
             stored_since: opts.overwrite_cache.then(Timestamp::now),
         };
-        let core = &self.cache.inner.core;
+        let core = &inner.core;
 
         if !opts.overwrite_cache {
             // The claim matters on this first read only to `next_time` (no refresh while one
             // runs); otherwise the cheaper value-only read serves the hit.
-            let read = if self.settings.next_time {
+            let read = self.seen(if self.settings.next_time {
                 core.get(&key).await
             } else {
                 core.get_value(&key).await
-            };
+            });
             match read {
                 Err(err) => {
                     self.backend_error("get", &key, err)?;
@@ -566,7 +622,7 @@ impl Function {
             .map(|t| tokio::time::Instant::now() + t);
         let mut waited = false;
         loop {
-            let until = match core.claim(&key, lease).await {
+            let until = match self.seen(core.claim(&key, lease).await) {
                 Err(err) => {
                     self.backend_error("claim", &key, err)?;
                     return self.compute_unclaimed(&key, compute, false).await;
@@ -574,7 +630,7 @@ impl Function {
                 Ok(Claim::Acquired(token)) => {
                     // Between our read and this claim, another caller may have stored its
                     // value and ended its claim: look once more before computing again.
-                    if let Ok(entry) = core.get(&key).await
+                    if let Ok(entry) = self.seen(core.get(&key).await)
                         && let Usable::Fresh(value) =
                             self.judge_reporting(&key, entry.as_ref(), freshness, false)
                     {
@@ -606,7 +662,7 @@ impl Function {
                 }
                 chunk = chunk.min(left);
             }
-            match core.wait(&key, chunk).await {
+            match self.seen(core.wait(&key, chunk).await) {
                 Err(err) => {
                     self.backend_error("wait", &key, err)?;
                     return self.compute_unclaimed(&key, compute, false).await;
@@ -691,7 +747,8 @@ impl Function {
     {
         let this = self.clone();
         tokio::spawn(async move {
-            match this.cache.inner.core.claim(&key, this.settings.lease).await {
+            let claimed = this.cache.inner.core.claim(&key, this.settings.lease).await;
+            match this.seen(claimed) {
                 Ok(Claim::Acquired(token)) => {
                     if let Err(err) = this.compute_claimed(key, token, compute).await {
                         tracing::warn!(func = %this.id, error = %err, "background refresh failed");
@@ -738,13 +795,13 @@ impl Function {
             tracing::debug!(key = %key, "{msg}");
             return Ok(false);
         }
-        match self
+        let stored = self
             .cache
             .inner
             .core
             .set(key, Bytes::from(bytes), Timestamp::now())
-            .await
-        {
+            .await;
+        match self.seen(stored) {
             Ok(()) => Ok(true),
             Err(err) => self.backend_error("set", key, err).map(|()| false),
         }
@@ -787,9 +844,12 @@ impl Function {
         if !self.settings.allow_none && is_none(&value) {
             return Usable::Missing;
         }
-        let too_old = freshness
-            .max_age
-            .is_some_and(|age| stored_at.elapsed() > age);
+        let age = stored_at.elapsed();
+        if freshness.max_age.is_some_and(|limit| age >= limit) {
+            // Older than the call accepts at all: not even a stale value to serve.
+            return Usable::Missing;
+        }
+        let too_old = freshness.stale_after.is_some_and(|limit| age >= limit);
         let too_early = freshness
             .stored_since
             .is_some_and(|since| stored_at <= since);
@@ -822,6 +882,9 @@ impl Function {
         else {
             return;
         };
+        if self.cache.inner.health.is_open() {
+            return;
+        }
         let now = Timestamp::now().as_millis();
         let last = self.counters.last_cleanup_ms.load(Ordering::Relaxed);
         let interval = self.settings.cleanup_interval.as_millis() as u64;

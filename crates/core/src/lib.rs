@@ -52,6 +52,7 @@ pub mod codec;
 mod contract;
 mod error;
 mod front;
+mod health;
 mod key;
 mod none;
 mod settings;
@@ -69,6 +70,7 @@ pub use contract::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use front::{Cachier, CachierBuilder, Function};
+pub use health::{LOG_INTERVAL, ProbeBackoff};
 pub use key::{
     ArgHash, FuncId, KEY_FORMAT_VERSION, Key, MAX_FUNC_ID_LEN, MAX_NAMESPACE_LEN, Namespace,
 };

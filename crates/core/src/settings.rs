@@ -10,7 +10,8 @@ use crate::codec::DEFAULT_DECODE_LIMIT;
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// After how long a stored value is stale (recomputed before it is returned, or served once
-    /// more with `next_time`). `None`: values never go stale. Default `None`.
+    /// more with `next_time`). A value is fresh while `now - stored_at < stale_after`, so zero
+    /// never serves a stored value. `None`: values never go stale. Default `None`.
     pub stale_after: Option<Duration>,
     /// Serve a stale value at once and refresh it in the background. Default `false`.
     pub next_time: bool,
@@ -84,8 +85,10 @@ impl CallOptions {
         self
     }
 
-    /// Accept a cached value only if it is at most this old (the limit is the smaller of this
-    /// and `stale_after`).
+    /// Accept a cached value only if it is younger than this (the freshness limit is the
+    /// smaller of this and `stale_after`). It is a hard limit for this call: even with
+    /// `next_time`, a value this old is not served stale; the call computes, or waits for the
+    /// refresh already running. Zero never serves a stored value.
     pub fn max_age(mut self, age: Duration) -> Self {
         self.max_age = Some(age);
         self
