@@ -18,21 +18,27 @@ use serde::Serialize;
 use crate::codec::{self, DefaultCodec};
 use crate::{Claim, ClaimToken};
 
+mod arguments;
 mod bad_data;
 mod calls;
 mod claims;
 mod concurrency;
+mod freshness;
 mod isolation;
+mod outage;
 mod removal;
 mod storage;
 mod waiting;
 
 pub use super::process::{cross_process_dead_holder, cross_process_single_flight};
+pub use arguments::*;
 pub use bad_data::*;
 pub use calls::*;
 pub use claims::*;
 pub use concurrency::*;
+pub use freshness::*;
 pub use isolation::*;
+pub use outage::*;
 pub use removal::*;
 pub use storage::*;
 pub use waiting::*;
@@ -83,11 +89,14 @@ mod tests {
     /// Every file of this folder, with its source.
     const FILES: &[(&str, &str)] = &[
         ("mod.rs", include_str!("mod.rs")),
+        ("arguments.rs", include_str!("arguments.rs")),
         ("bad_data.rs", include_str!("bad_data.rs")),
         ("calls.rs", include_str!("calls.rs")),
         ("claims.rs", include_str!("claims.rs")),
         ("concurrency.rs", include_str!("concurrency.rs")),
+        ("freshness.rs", include_str!("freshness.rs")),
         ("isolation.rs", include_str!("isolation.rs")),
+        ("outage.rs", include_str!("outage.rs")),
         ("removal.rs", include_str!("removal.rs")),
         ("storage.rs", include_str!("storage.rs")),
         ("waiting.rs", include_str!("waiting.rs")),
