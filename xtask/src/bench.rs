@@ -10,10 +10,7 @@ pub fn bench(args: &[String]) -> Result<bool, String> {
     let targets: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
     let wants_redis = targets.is_empty() || targets.iter().any(|t| t.as_str() == "redis");
     let redis = if wants_redis {
-        let policy = Policy {
-            may_start: true,
-            detach: false,
-        };
+        let policy = Policy { may_start: true };
         Some(services::resolve(ServiceKind::Redis, policy)?)
     } else {
         None

@@ -40,6 +40,7 @@ pub fn ci(args: &TestArgs) -> Result<bool, String> {
     ];
 
     let outcome = matrix::run(Engine::detect(), &["all".to_owned()], args, true)?;
+    let outcome_totals = outcome.totals;
     rows.extend(outcome.rows);
     let envs: Vec<(String, String)> = outcome
         .services
@@ -62,7 +63,7 @@ pub fn ci(args: &TestArgs) -> Result<bool, String> {
     rows.push(Row::step("leftovers", leftovers, std::time::Duration::ZERO));
 
     matrix::finish_services(outcome.services, args.keep);
-    matrix::print_table(&rows, false);
+    matrix::print_table(&rows, false, outcome_totals);
     Ok(!rows.iter().any(Row::failed))
 }
 

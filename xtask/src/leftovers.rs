@@ -86,6 +86,78 @@ impl Snapshot {
     }
 }
 
+/// Removes test namespaces (`(place, namespace)` as a [`Report`] lists them) from the services
+/// and the local places: the clean-up of a run whose tests were interrupted before they could
+/// clean up themselves. Returns what could not be removed.
+pub fn remove(
+    items: &[(String, String)],
+    services: &[&Service],
+    local: &LocalPlaces,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    for service in services {
+        let names: Vec<String> = items
+            .iter()
+            .filter(|(place, _)| place == service.kind.name())
+            .map(|(_, name)| name.clone())
+            .collect();
+        if let Err(e) = service.kind.remove_namespaces(&service.url, &names) {
+            errors.push(format!("{}: {e}", service.kind.name()));
+        }
+    }
+    let conformance_dir = local.tmp_dir.join("cachier-file-conformance");
+    let sqlite_dir = local.tmp_dir.join("cachier-sql-tests");
+    let mut sqlite_names = Vec::new();
+    for (place, name) in items {
+        if name.contains('/') || name.contains("..") {
+            continue;
+        }
+        let dirs = match place.as_str() {
+            "file" => vec![local.file_dir.join(name), conformance_dir.join(name)],
+            "file tmp dir" => vec![local.tmp_dir.join(name)],
+            "sqlite" => {
+                sqlite_names.push(name.clone());
+                continue;
+            }
+            _ => continue,
+        };
+        for dir in dirs {
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    errors.push(format!("{}: {e}", dir.display()));
+                }
+                _ => {}
+            }
+        }
+    }
+    sqlite_names.retain(|n| crate::services::is_plain_name(n));
+    if !sqlite_names.is_empty() {
+        let list = sqlite_names
+            .iter()
+            .map(|n| format!("''{n}''"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let statements = format!(
+            r#"SELECT 'DELETE FROM "' || replace(m.name, '"', '""') || '" WHERE namespace IN ({list});'
+                 FROM sqlite_master m, pragma_table_info(m.name) p
+                 WHERE m.type = 'table' AND p.name = 'namespace';"#
+        );
+        let databases = dir_entries(&sqlite_dir, |name| name.ends_with(".db"));
+        for database in databases.unwrap_or_default() {
+            let database = sqlite_dir.join(database);
+            let removed = sqlite(&database, &statements).and_then(|deletes| {
+                deletes
+                    .iter()
+                    .try_for_each(|delete| sqlite(&database, delete).map(drop))
+            });
+            if let Err(e) = removed {
+                errors.push(format!("sqlite: {e}"));
+            }
+        }
+    }
+    errors
+}
+
 /// Whether `name` is one of the file backend tests' own temporary directories:
 /// `cachier-file-` and the six random characters `tempfile` adds.
 fn is_file_test_temp_dir(name: &str) -> bool {

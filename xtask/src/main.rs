@@ -18,6 +18,7 @@
 mod bench;
 mod ci;
 mod cli;
+mod interrupt;
 mod leftovers;
 mod matrix;
 mod process;
@@ -40,6 +41,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // An interrupted run still removes its test namespaces and stops its servers.
+    interrupt::install();
     let outcome = match command {
         Command::Help => {
             print!("{}", cli::USAGE);
@@ -54,6 +57,10 @@ fn main() -> ExitCode {
             true
         }),
     };
+    if let Some(signal) = interrupt::received() {
+        eprintln!("cargo xtask: interrupted by signal {signal}");
+        return ExitCode::from(interrupt::exit_code(signal));
+    }
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -70,13 +77,7 @@ fn show_services(kinds: &[ServiceKind], keep: bool) -> Result<bool, String> {
     let mut ok = true;
     let mut found = Vec::new();
     for &kind in kinds {
-        match services::resolve(
-            kind,
-            Policy {
-                may_start: true,
-                detach: keep,
-            },
-        ) {
+        match services::resolve(kind, Policy { may_start: true }) {
             Ok(service) => {
                 println!("{}", service.describe());
                 found.push(service);

@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::cli::TestArgs;
-use crate::leftovers::{LocalPlaces, Report, Snapshot};
+use crate::interrupt;
+use crate::leftovers::{self, LocalPlaces, Report, Snapshot};
 use crate::process::secs;
 use crate::runner::{self, Counts, Engine, RunOptions, Selection};
 use crate::services::{self, Policy, Service, ServiceKind};
@@ -85,6 +86,8 @@ pub struct Outcome {
     pub leftovers: Option<Report>,
     /// Throwaway servers still up (stopped when dropped, or kept).
     pub services: Vec<Service>,
+    /// When all targets ran at once: how long that took, and one test at a time (`--timings`).
+    pub totals: Option<(Duration, Option<Duration>)>,
 }
 
 /// `cargo xtask test`: runs the matrix and prints the table; returns whether everything passed.
@@ -105,7 +108,7 @@ pub fn test(args: &TestArgs) -> Result<bool, String> {
         println!("leftovers: reported above; `cargo xtask ci` fails on them");
     }
     finish_services(outcome.services, args.keep);
-    print_table(&outcome.rows, args.timings);
+    print_table(&outcome.rows, args.timings, outcome.totals);
     Ok(!outcome.rows.iter().any(Row::failed))
 }
 
@@ -170,7 +173,7 @@ pub fn run(
         }
     }
 
-    let (services, unavailable) = resolve_services(&runnable, args.keep);
+    let (services, unavailable) = resolve_services(&runnable);
     let mut envs: Vec<(String, String)> = services
         .iter()
         .map(|s| (s.kind.env_var().to_owned(), s.url.clone()))
@@ -187,10 +190,7 @@ pub fn run(
         .any(|(_, t)| t.services.contains(&ServiceKind::Mongo))
     {
         match services::mongo::server_binary() {
-            Ok(bin) => envs.push((
-                "CACHIER_NX27017_BIN".to_owned(),
-                bin.display().to_string(),
-            )),
+            Ok(bin) => envs.push(("CACHIER_NX27017_BIN".to_owned(), bin.display().to_string())),
             Err(e) => println!("== nx-27017 for the mongo fault tests: {e}"),
         }
     }
@@ -230,17 +230,137 @@ pub fn run(
         }
     }
 
+    let mut totals = None;
+    if per_target_builds || engine == Engine::CargoTest {
+        run_one_by_one(
+            engine,
+            &mut selection,
+            per_target_builds,
+            runnable,
+            args,
+            &envs,
+            &mut rows,
+        );
+    } else if !runnable.is_empty() {
+        totals = Some(run_all_at_once(
+            engine, &selection, runnable, args, &envs, &mut rows,
+        ));
+    }
+
+    let mut report = Report::compare(&before, &Snapshot::take(&service_refs, &local));
+    if let Some(signal) = interrupt::received() {
+        // The tests were cut short and could not clean up after themselves: do it for them.
+        println!(
+            "xtask: interrupted (signal {signal}); removing the {} test namespace(s) this run left",
+            report.new.len()
+        );
+        let errors = leftovers::remove(&report.new, &service_refs, &local);
+        for error in &errors {
+            println!("xtask: could not remove {error}");
+        }
+        report = Report::compare(&before, &Snapshot::take(&service_refs, &local));
+    }
+    report.print();
+    Ok(Outcome {
+        rows: rows.into_values().collect(),
+        leftovers: Some(report),
+        services,
+        totals,
+    })
+}
+
+/// Every target in one run of the test runner: the matrix lasts as long as its slowest tests.
+/// With `--timings`, all of them again one test at a time.
+fn run_all_at_once(
+    engine: Engine,
+    selection: &Selection,
+    runnable: Vec<(usize, Target)>,
+    args: &TestArgs,
+    envs: &[(String, String)],
+    rows: &mut BTreeMap<usize, Row>,
+) -> (Duration, Option<Duration>) {
+    let targets: Vec<Target> = runnable.iter().map(|(_, t)| *t).collect();
+    let names: Vec<&str> = targets.iter().map(|t| t.name).collect();
+    let jobs = args.run.jobs.unwrap_or_else(runner::default_jobs);
+    println!(
+        "== {}: all at once, {jobs} tests at a time",
+        names.join(" ")
+    );
+    let (results, total) = runner::run_together(engine, selection, &targets, &args.run, envs);
+    let mut serial = None;
+    let all_passed = results
+        .iter()
+        .all(|r| r.counts.as_ref().is_ok_and(|c| c.failed == 0));
+    if args.timings && all_passed && interrupt::received().is_none() {
+        println!("== again, one test at a time (--timings)");
+        let one = RunOptions {
+            jobs: Some(1),
+            ..args.run.clone()
+        };
+        serial = Some(runner::run_together(
+            engine, selection, &targets, &one, envs,
+        ));
+    }
+    for (k, ((i, target), result)) in runnable.into_iter().zip(results).enumerate() {
+        let mut row = Row::new(
+            target.name,
+            match result.counts {
+                Ok(counts) => Status::Ran(counts),
+                Err(e) => Status::Broken(e),
+            },
+        );
+        row.wall = Some(result.wall);
+        if let Some((again, _)) = &serial {
+            let again = &again[k];
+            row.serial_wall = Some(again.wall);
+            match &again.counts {
+                Ok(c) if c.failed == 0 => {}
+                Ok(c) => {
+                    row.status = Status::Broken(format!(
+                        "the serial run failed: {} failed serially",
+                        c.failed
+                    ))
+                }
+                Err(e) => row.status = Status::Broken(format!("the serial run failed: {e}")),
+            }
+        }
+        rows.insert(i, row);
+    }
+    let line = match &serial {
+        Some((_, serial_total)) => format!(
+            "== all at once: {} (one at a time: {}, {:.2}x)",
+            secs(total),
+            secs(*serial_total),
+            serial_total.as_secs_f64() / total.as_secs_f64().max(1e-9)
+        ),
+        None => format!("== all at once: {}", secs(total)),
+    };
+    println!("{line}");
+    (total, serial.map(|(_, s)| s))
+}
+
+/// Each target in a run of its own, one after another (without nextest, or when the targets
+/// could not be built together).
+fn run_one_by_one(
+    engine: Engine,
+    selection: &mut Selection,
+    per_target_builds: bool,
+    runnable: Vec<(usize, Target)>,
+    args: &TestArgs,
+    envs: &[(String, String)],
+    rows: &mut BTreeMap<usize, Row>,
+) {
     let mut stop = false;
     for (i, target) in runnable {
-        if stop {
+        if stop || interrupt::received().is_some() {
             rows.insert(i, Row::new(target.name, Status::NotRun));
             continue;
         }
         if per_target_builds {
-            selection = Selection::for_targets(&[target], false);
+            *selection = Selection::for_targets(&[target], false);
         }
         println!("== {}: {}", target.name, target.filterset());
-        let result = runner::run(engine, &selection, &target, &args.run, &envs);
+        let result = runner::run(engine, selection, &target, &args.run, envs);
         let mut row = Row::new(
             target.name,
             match result.counts {
@@ -255,7 +375,7 @@ pub fn run(
                 jobs: Some(1),
                 ..args.run.clone()
             };
-            let again = runner::run(engine, &selection, &target, &serial, &envs);
+            let again = runner::run(engine, selection, &target, &serial, envs);
             row.serial_wall = Some(again.wall);
             if let Err(e) = again.counts.and_then(|c| {
                 if c.failed > 0 {
@@ -270,22 +390,11 @@ pub fn run(
         stop = args.run.fail_fast && row.failed();
         rows.insert(i, row);
     }
-
-    let report = Report::compare(&before, &Snapshot::take(&service_refs, &local));
-    report.print();
-    Ok(Outcome {
-        rows: rows.into_values().collect(),
-        leftovers: Some(report),
-        services,
-    })
 }
 
 /// Resolves every service the targets need, once each; returns those that answer and why the
 /// others could not be had.
-fn resolve_services(
-    targets: &[(usize, Target)],
-    keep: bool,
-) -> (Vec<Service>, BTreeMap<ServiceKind, String>) {
+fn resolve_services(targets: &[(usize, Target)]) -> (Vec<Service>, BTreeMap<ServiceKind, String>) {
     let mut needed: Vec<ServiceKind> = targets
         .iter()
         .flat_map(|(_, t)| t.services.iter().copied())
@@ -295,13 +404,7 @@ fn resolve_services(
     let mut services = Vec::new();
     let mut unavailable = BTreeMap::new();
     for kind in needed {
-        match services::resolve(
-            kind,
-            Policy {
-                may_start: true,
-                detach: keep,
-            },
-        ) {
+        match services::resolve(kind, Policy { may_start: true }) {
             Ok(service) => {
                 println!("== service {}", service.describe());
                 services.push(service);
@@ -331,7 +434,7 @@ pub fn finish_services(services: Vec<Service>, keep: bool) {
 }
 
 /// Prints the matrix table and the closing totals line.
-pub fn print_table(rows: &[Row], timings: bool) {
+pub fn print_table(rows: &[Row], timings: bool, totals: Option<(Duration, Option<Duration>)>) {
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(6).max(6);
     let mut header = format!(
         "{:<width$}  {:<14} {:>7} {:>7} {:>8} {:>9}",
@@ -396,9 +499,16 @@ pub fn print_table(rows: &[Row], timings: bool) {
             }
         }
     }
+    if let (Some((parallel, _)), false) = (totals, timings) {
+        println!("all targets at once: {}", secs(parallel));
+    }
     if timings {
         let total = |f: fn(&Row) -> Option<Duration>| rows.iter().filter_map(f).sum::<Duration>();
-        let (parallel, serial) = (total(|r| r.wall), total(|r| r.serial_wall));
+        // All at once, the whole run's time is not the sum of its rows.
+        let (parallel, serial) = match totals {
+            Some((parallel, Some(serial))) => (parallel, serial),
+            _ => (total(|r| r.wall), total(|r| r.serial_wall)),
+        };
         if serial > Duration::ZERO && parallel > Duration::ZERO {
             println!(
                 "timings: parallel {} vs serial {}: {:.2}x faster in parallel",

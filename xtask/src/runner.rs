@@ -215,6 +215,232 @@ pub fn run(
     }
 }
 
+/// Runs the tests of every one of `targets` at the same time — with nextest, one run whose
+/// filterset is the union of theirs, so the whole matrix lasts as long as its slowest tests,
+/// not the sum of its targets — and reads each target's counts and wall time (from the start
+/// of the run to the end of its last test) back from the run's JUnit report. Without nextest,
+/// the targets run one after another. Returns the results in the order of `targets` and the
+/// time the whole run took.
+pub fn run_together(
+    engine: Engine,
+    selection: &Selection,
+    targets: &[Target],
+    options: &RunOptions,
+    envs: &[(String, String)],
+) -> (Vec<RunResult>, Duration) {
+    let started = Instant::now();
+    if engine == Engine::CargoTest || targets.len() < 2 {
+        let results: Vec<RunResult> = targets
+            .iter()
+            .map(|target| run(engine, selection, target, options, envs))
+            .collect();
+        return (results, started.elapsed());
+    }
+    let union = targets
+        .iter()
+        .map(|t| format!("({})", t.filterset()))
+        .collect::<Vec<_>>()
+        .join(" | ");
+    let filter = match &options.filter {
+        Some(name) => format!("({union}) & test(~{name})"),
+        None => union,
+    };
+    let outcome = run_nextest_filtered(selection, &filter, options, envs).and_then(|output| {
+        let junit = std::fs::read_to_string(junit_path())
+            .map_err(|e| format!("cannot read the JUnit report: {e}"))?;
+        Ok((output, junit))
+    });
+    let elapsed = started.elapsed();
+    let (summary, junit) = match outcome {
+        Ok(pair) => pair,
+        Err(e) => {
+            let results = targets
+                .iter()
+                .map(|_| RunResult {
+                    counts: Err(e.clone()),
+                    wall: elapsed,
+                })
+                .collect();
+            return (results, elapsed);
+        }
+    };
+    let report = Junit::parse(&junit);
+    let results = targets
+        .iter()
+        .map(|target| {
+            let counts = report.counts_of(|binary| target.owns_binary(binary));
+            RunResult {
+                wall: counts.elapsed.unwrap_or_default(),
+                counts: Ok(counts),
+            }
+        })
+        .collect();
+    (results, summary.elapsed.unwrap_or(elapsed))
+}
+
+/// Where the `xtask` profile writes its JUnit report.
+fn junit_path() -> std::path::PathBuf {
+    workspace::target_dir()
+        .join("nextest")
+        .join("xtask")
+        .join("junit.xml")
+}
+
+/// Runs nextest over `filter`; returns the counts of its closing summary.
+fn run_nextest_filtered(
+    selection: &Selection,
+    filter: &str,
+    options: &RunOptions,
+    envs: &[(String, String)],
+) -> Result<Counts, String> {
+    let config = write_tool_config(options.retries)?;
+    let _ = std::fs::remove_file(junit_path());
+    let mut command = workspace::cargo();
+    command
+        .args(["nextest", "run", "--profile", "xtask", "--no-tests", "warn"])
+        .arg("--tool-config-file")
+        .arg(format!("xtask:{}", config.display()))
+        .args(selection.args())
+        .args(["-E", filter])
+        .arg(if options.fail_fast {
+            "--fail-fast"
+        } else {
+            "--no-fail-fast"
+        })
+        .args(["-j", &options.jobs.unwrap_or_else(default_jobs).to_string()]);
+    command.envs(envs.iter().map(|(k, v)| (k, v)));
+    let (_, output) = run_teed(&mut command)?;
+    parse_nextest_summary(&output).ok_or_else(|| {
+        "nextest printed no summary (the tests did not build or the run was cut short)".to_owned()
+    })
+}
+
+/// Tests run at once by default: most tests wait on servers, timers and child processes rather
+/// than on the processor, so several per core ([`TESTS_PER_CORE`]).
+pub fn default_jobs() -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    cores * TESTS_PER_CORE
+}
+
+/// How many tests run at once per core by default (measured: see the README).
+pub const TESTS_PER_CORE: usize = 8;
+
+/// The test cases of a nextest JUnit report.
+#[derive(Debug, Default)]
+struct Junit {
+    cases: Vec<JunitCase>,
+}
+
+#[derive(Debug)]
+struct JunitCase {
+    /// The nextest binary id (`package` or `package::name`).
+    binary: String,
+    failed: bool,
+    flaky: bool,
+    /// `check: reason` when a conformance check was skipped.
+    skipped: Option<String>,
+    /// Seconds from the start of the run to the end of this test.
+    end: Option<f64>,
+}
+
+impl Junit {
+    fn parse(xml: &str) -> Junit {
+        let start = xml
+            .split_once("<testsuites ")
+            .and_then(|(_, rest)| attribute(rest, "timestamp"))
+            .and_then(iso_seconds);
+        let cases = xml
+            .split("<testcase ")
+            .skip(1)
+            .map(|case| {
+                let body = case.split("</testcase>").next().unwrap_or(case);
+                let tag = body.split('>').next().unwrap_or_default();
+                let end = match (attribute(tag, "timestamp").and_then(iso_seconds), start) {
+                    (Some(at), Some(start)) => attribute(tag, "time")
+                        .and_then(|t| t.parse::<f64>().ok())
+                        .map(|took| at + took - start),
+                    _ => None,
+                };
+                let out = body.split("<system-out>").nth(1).unwrap_or_default();
+                JunitCase {
+                    binary: attribute(tag, "classname").unwrap_or_default().to_owned(),
+                    failed: body.contains("<failure") || body.contains("<error"),
+                    flaky: body.contains("<flakyFailure") || body.contains("<flakyError"),
+                    skipped: out.split_once(SKIP_MARKER).map(|(_, reason)| {
+                        reason.lines().next().unwrap_or_default().trim().to_owned()
+                    }),
+                    end,
+                }
+            })
+            .collect();
+        Junit { cases }
+    }
+
+    /// The counts of the cases whose binary `owns` accepts.
+    fn counts_of(&self, owns: impl Fn(&str) -> bool) -> Counts {
+        let mut counts = Counts::default();
+        let mut last_end = None::<f64>;
+        for case in self.cases.iter().filter(|c| owns(&c.binary)) {
+            if case.failed {
+                counts.failed += 1;
+            } else if let Some(reason) = &case.skipped {
+                counts.skipped += 1;
+                counts.skip_reasons.push(reason.clone());
+            } else {
+                counts.passed += 1;
+            }
+            counts.flaky += usize::from(case.flaky && !case.failed);
+            if let Some(end) = case.end {
+                last_end = Some(last_end.map_or(end, |l| l.max(end)));
+            }
+        }
+        counts.elapsed = last_end.map(|s| Duration::from_millis((s.max(0.0) * 1e3).round() as u64));
+        counts
+    }
+}
+
+/// The value of `name="..."` in an XML start tag's text.
+fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let marker = format!(" {name}=\"");
+    let start = tag.find(&marker)? + marker.len();
+    let rest = &tag[start..];
+    Some(&rest[..rest.find('"')?])
+}
+
+/// Seconds since the Unix epoch of an RFC 3339 time such as `2026-12-01T12:47:59.375+00:00`.
+fn iso_seconds(text: &str) -> Option<f64> {
+    let (date, time) = text.split_once('T')?;
+    let mut ymd = date.split('-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (ymd.next()??, ymd.next()??, ymd.next()??);
+    let zone_at = time.find(['+', '-', 'Z']).unwrap_or(time.len());
+    let (clock, zone) = time.split_at(zone_at);
+    let mut hms = clock.split(':');
+    let hours: f64 = hms.next()?.parse().ok()?;
+    let minutes: f64 = hms.next()?.parse().ok()?;
+    let seconds: f64 = hms.next()?.parse().ok()?;
+    let offset = match zone.chars().next() {
+        Some(sign @ ('+' | '-')) => {
+            let (h, m) = zone[1..].split_once(':')?;
+            let minutes = h.parse::<f64>().ok()? * 60.0 + m.parse::<f64>().ok()?;
+            if sign == '+' {
+                minutes * 60.0
+            } else {
+                -minutes * 60.0
+            }
+        }
+        _ => 0.0,
+    };
+    // Days since the epoch of the civil date (proleptic Gregorian calendar, 400-year eras).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + hours * 3600.0 + minutes * 60.0 + seconds - offset)
+}
+
 fn filterset(target: &Target, options: &RunOptions) -> String {
     match &options.filter {
         Some(name) => format!("({}) & test(~{name})", target.filterset()),
@@ -241,9 +467,7 @@ fn run_nextest(
         } else {
             "--no-fail-fast"
         });
-    if let Some(jobs) = options.jobs {
-        command.args(["-j", &jobs.to_string()]);
-    }
+    command.args(["-j", &options.jobs.unwrap_or_else(default_jobs).to_string()]);
     command.envs(envs.iter().map(|(k, v)| (k, v)));
     let (_, output) = run_teed(&mut command)?;
     let mut counts = parse_nextest_summary(&output).ok_or_else(|| {
@@ -448,6 +672,15 @@ fn run_teed(command: &mut Command) -> Result<(std::process::ExitStatus, String),
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let forwarder = {
+        let (pid, finished) = (child.id(), Arc::clone(&finished));
+        std::thread::spawn(move || {
+            crate::interrupt::forward_while(pid, || {
+                !finished.load(std::sync::atomic::Ordering::SeqCst)
+            })
+        })
+    };
     let collected = Arc::new(Mutex::new(String::new()));
     let pumps: Vec<_> = [
         child
@@ -481,9 +714,10 @@ fn run_teed(command: &mut Command) -> Result<(std::process::ExitStatus, String),
     for pump in pumps {
         let _ = pump.join();
     }
-    let status = child
-        .wait()
-        .map_err(|e| format!("cargo did not finish: {e}"))?;
+    let status = child.wait();
+    finished.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = forwarder.join();
+    let status = status.map_err(|e| format!("cargo did not finish: {e}"))?;
     let text = collected.lock().expect("no pump panics").clone();
     Ok((status, text))
 }
@@ -511,6 +745,38 @@ mod tests {
         assert_eq!(counts.elapsed, Some(Duration::from_millis(63_025)));
 
         assert_eq!(parse_nextest_summary("error: could not compile `x`"), None);
+    }
+
+    #[test]
+    fn times_are_read_with_their_offset() {
+        let utc = iso_seconds("2026-12-01T12:47:59.375+00:00").unwrap();
+        assert_eq!(utc, 1_796_129_279.375);
+        assert_eq!(iso_seconds("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(iso_seconds("2026-12-01T14:47:59.375+02:00"), Some(utc));
+        assert_eq!(iso_seconds("yesterday"), None);
+    }
+
+    #[test]
+    fn one_report_is_split_by_target() {
+        let junit = r#"<testsuites name="nextest-run" timestamp="2026-12-01T12:00:00.000+00:00" time="9.0">
+            <testsuite name="cachier-sql::conformance_sqlite">
+              <testcase name="a" classname="cachier-sql::conformance_sqlite" timestamp="2026-12-01T12:00:01.000+00:00" time="2.500"><system-out>ok</system-out></testcase>
+              <testcase name="b" classname="cachier-sql::conformance_sqlite" timestamp="2026-12-01T12:00:00.000+00:00" time="0.100"><failure message="x"/></testcase>
+            </testsuite>
+            <testsuite name="cachier-memory::conformance">
+              <testcase name="c" classname="cachier-memory::conformance" timestamp="2026-12-01T12:00:00.000+00:00" time="0.200"><system-out>conformance: SKIPPED c: in-process
+</system-out></testcase>
+              <testcase name="d" classname="cachier-memory::conformance" timestamp="2026-12-01T12:00:00.500+00:00" time="0.100"><flakyFailure/><system-out>ok</system-out></testcase>
+            </testsuite></testsuites>"#;
+        let report = Junit::parse(junit);
+        let sql = report.counts_of(|b| b.starts_with("cachier-sql"));
+        assert_eq!((sql.passed, sql.failed, sql.skipped), (1, 1, 0));
+        assert_eq!(sql.elapsed, Some(Duration::from_millis(3500)));
+        let memory = report.counts_of(|b| b.starts_with("cachier-memory"));
+        assert_eq!((memory.passed, memory.skipped, memory.flaky), (1, 1, 1));
+        assert_eq!(memory.skip_reasons, ["c: in-process"]);
+        assert_eq!(memory.elapsed, Some(Duration::from_millis(600)));
+        assert_eq!(report.counts_of(|_| false), Counts::default());
     }
 
     #[test]

@@ -36,6 +36,26 @@ impl Target {
         workspace::root().join(self.dir).join("Cargo.toml").exists()
     }
 
+    /// Whether the tests of the nextest binary `binary_id` (`package` for a library's unit
+    /// tests, `package::name` for an integration test, `package::bin/name` for a binary's) belong
+    /// to this target: the same selection as [`Target::filterset`], for reading reports.
+    pub fn owns_binary(&self, binary_id: &str) -> bool {
+        let (package, name) = binary_id.split_once("::").unwrap_or((binary_id, ""));
+        if package != self.package {
+            return false;
+        }
+        let Some(filter) = self.filter else {
+            return true;
+        };
+        filter.split(" | ").any(|part| match part.trim() {
+            "kind(lib)" => name.is_empty(),
+            other => other
+                .strip_prefix("binary(~")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .is_some_and(|needle| name.contains(needle)),
+        })
+    }
+
     /// The nextest filterset selecting exactly this target's tests.
     pub fn filterset(&self) -> String {
         match self.filter {
@@ -210,6 +230,37 @@ mod tests {
             .iter()
             .map(|s| (s.target.name, s.explicit))
             .collect()
+    }
+
+    #[test]
+    fn every_binary_belongs_to_exactly_the_targets_its_filterset_selects() {
+        let owners = |binary: &str| -> Vec<&str> {
+            TARGETS
+                .iter()
+                .filter(|t| t.owns_binary(binary))
+                .map(|t| t.name)
+                .collect()
+        };
+        assert_eq!(owners("cachier-sql"), ["sql:sqlite"]);
+        assert_eq!(
+            owners("cachier-sql::conformance_postgres"),
+            ["sql:postgres"]
+        );
+        assert_eq!(owners("cachier-sql::mysql"), ["sql:mysql"]);
+        assert_eq!(owners("cachier-sql::sqlite"), ["sql:sqlite"]);
+        assert_eq!(owners("cachier-redis::conformance"), ["redis"]);
+        assert_eq!(owners("xtask::bin/xtask"), ["xtask"]);
+        assert!(owners("cachier-unknown").is_empty());
+        // Every filter is made only of the parts `owns_binary` reads.
+        for target in TARGETS {
+            for part in target.filter.into_iter().flat_map(|f| f.split(" | ")) {
+                assert!(
+                    part == "kind(lib)" || (part.starts_with("binary(~") && part.ends_with(')')),
+                    "{}: owns_binary cannot read {part:?}",
+                    target.name
+                );
+            }
+        }
     }
 
     #[test]

@@ -108,15 +108,33 @@ impl ServiceKind {
         }
     }
 
-    /// Starts a server on `port`; `detach` puts it in its own process group so that it
-    /// outlives xtask (and a Ctrl-C of it).
-    fn launch(self, port: u16, detach: bool) -> Result<Launch, String> {
+    /// Removes the given test namespaces (everything stored under them) from the server at
+    /// `url`; for a run that was interrupted before its tests could clean up.
+    pub fn remove_namespaces(self, url: &str, names: &[String]) -> Result<(), String> {
+        let names: Vec<String> = names
+            .iter()
+            .filter(|n| is_test_namespace(n) && is_plain_name(n))
+            .cloned()
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Self::Redis => redis::remove_namespaces(url, &names),
+            Self::Postgres => postgres::remove_namespaces(url, &names),
+            Self::Mysql => mysql::remove_namespaces(url, &names),
+            Self::Mongo => mongo::remove_namespaces(url, &names),
+        }
+    }
+
+    /// Starts a server on `port`, in a process group of its own (see [`spawn`]).
+    fn launch(self, port: u16) -> Result<Launch, String> {
         let dir = process::temp_dir(self.name())?;
         let launched = match self {
-            Self::Redis => redis::launch(port, &dir, detach),
-            Self::Postgres => postgres::launch(port, &dir, detach),
-            Self::Mysql => mysql::launch(port, &dir, detach),
-            Self::Mongo => mongo::launch(port, &dir, detach),
+            Self::Redis => redis::launch(port, &dir),
+            Self::Postgres => postgres::launch(port, &dir),
+            Self::Mysql => mysql::launch(port, &dir),
+            Self::Mongo => mongo::launch(port, &dir),
         };
         if launched.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
@@ -270,8 +288,6 @@ fn server_pid(launch: &Launch) -> u32 {
 pub struct Policy {
     /// Start a throwaway server when none answers.
     pub may_start: bool,
-    /// A started server is meant to outlive xtask (`--keep`).
-    pub detach: bool,
 }
 
 /// Finds a server of `kind` (see the module docs).
@@ -306,7 +322,7 @@ pub fn resolve(kind: ServiceKind, policy: Policy) -> Result<Service, String> {
         ));
     }
     let port = process::free_port()?;
-    let launch = kind.launch(port, policy.detach)?;
+    let launch = kind.launch(port)?;
     let service = ready(launch.url.clone(), Origin::Throwaway(launch));
     wait_until_answering(service)
 }
@@ -346,9 +362,10 @@ pub fn missing(program: &str, install: &str) -> String {
     format!("`{program}` is not installed; install it with: {install}")
 }
 
-/// Spawns a server with no input and its output in `log`; `detach` gives it its own process
-/// group.
-pub fn spawn(command: &mut Command, log: &Path, detach: bool) -> Result<Child, String> {
+/// Spawns a server with no input and its output in `log`, in a process group of its own: a
+/// Ctrl-C at the terminal reaches the whole foreground group, and the server must outlive the
+/// tests so that xtask can clean up and then stop it (or leave it running with `--keep`).
+pub fn spawn(command: &mut Command, log: &Path) -> Result<Child, String> {
     use std::os::unix::process::CommandExt;
     let file =
         std::fs::File::create(log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
@@ -356,13 +373,27 @@ pub fn spawn(command: &mut Command, log: &Path, detach: bool) -> Result<Child, S
         .try_clone()
         .map_err(|e| format!("cannot open {}: {e}", log.display()))?;
     command.stdin(Stdio::null()).stdout(file).stderr(copy);
-    if detach {
-        command.process_group(0);
-    }
+    command.process_group(0);
     let program = command.get_program().to_string_lossy().into_owned();
     command
         .spawn()
         .map_err(|e| format!("cannot start {program}: {e}"))
+}
+
+/// Whether `name` is made only of the characters a namespace may hold (`[A-Za-z0-9_.-]`), so it
+/// can be written into a query literally.
+pub fn is_plain_name(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// `'a', 'b'`: plain names as a list of SQL string literals.
+fn sql_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether `name` is a test namespace: it starts with `t_` (the conformance suite's convention
@@ -419,7 +450,7 @@ pub(crate) mod testing {
     /// namespaces, stops it and checks that the port is closed and the directory gone.
     pub fn start_probe_stop(kind: ServiceKind) {
         let port = process::free_port().unwrap();
-        let launch = kind.launch(port, false).unwrap_or_else(|e| panic!("{e}"));
+        let launch = kind.launch(port).unwrap_or_else(|e| panic!("{e}"));
         let dir = launch.dir.clone();
         let service = Service {
             kind,

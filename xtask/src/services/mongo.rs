@@ -152,7 +152,7 @@ pub fn setup() -> Result<PathBuf, String> {
 }
 
 /// Starts `nx-27017` on `port` with in-memory databases.
-pub fn launch(port: u16, dir: &Path, detach: bool) -> Result<Launch, String> {
+pub fn launch(port: u16, dir: &Path) -> Result<Launch, String> {
     let server = server_binary()?;
     let log = dir.join("nx-27017.log");
     let mut command = Command::new(server);
@@ -170,7 +170,7 @@ pub fn launch(port: u16, dir: &Path, detach: bool) -> Result<Launch, String> {
         .arg("--pid-file")
         .arg(dir.join("nx-27017.pid"))
         .current_dir(dir);
-    let child = spawn(&mut command, &log, detach)?;
+    let child = spawn(&mut command, &log)?;
     Ok(Launch {
         child,
         url: local_url(port),
@@ -207,6 +207,43 @@ pub fn test_namespaces(url: &str) -> Result<Vec<String>, String> {
     names.sort();
     names.dedup();
     Ok(names)
+}
+
+/// Drops the databases named after the given test namespaces and the collections holding them.
+pub fn remove_namespaces(url: &str, names: &[String]) -> Result<(), String> {
+    let mut stream = connect(ServiceUrl::parse(url, 27017)?.socket_addr()?)?;
+    let listing = |name: &str, db: &str| {
+        Document::default()
+            .with(name, Value::Int32(1))
+            .with("nameOnly", Value::Bool(true))
+            .with("$db", Value::String(db.to_owned()))
+    };
+    let databases = run_command(&mut stream, &listing("listDatabases", "admin"))?;
+    for database in names_in(databases.get("databases")) {
+        if ["admin", "local", "config"].contains(&database.as_str()) {
+            continue;
+        }
+        if names.contains(&database) {
+            let drop = Document::default()
+                .with("dropDatabase", Value::Int32(1))
+                .with("$db", Value::String(database.clone()));
+            run_command(&mut stream, &drop)?;
+            continue;
+        }
+        let cursor = Document::default().with("batchSize", Value::Int32(100_000));
+        let request = listing("listCollections", &database).with("cursor", Value::Document(cursor));
+        let reply = run_command(&mut stream, &request)?;
+        let batch = reply.document("cursor").and_then(|c| c.get("firstBatch"));
+        for collection in names_in(batch) {
+            if names.contains(&namespace_of_collection(&collection)) {
+                let drop = Document::default()
+                    .with("drop", Value::String(collection))
+                    .with("$db", Value::String(database.clone()));
+                run_command(&mut stream, &drop)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The namespace a collection holds: the backend's default prefix removed and its escapes
@@ -264,7 +301,7 @@ mod tests {
     fn test_collections_are_found() {
         let port = process::free_port().unwrap();
         let dir = process::temp_dir("mongo-leftover-test").unwrap();
-        let launch = launch(port, &dir, false).unwrap();
+        let launch = launch(port, &dir).unwrap();
         let service = Service {
             kind: ServiceKind::Mongo,
             url: launch.url.clone(),

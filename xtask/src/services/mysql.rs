@@ -47,7 +47,7 @@ pub fn probe(addr: SocketAddr) -> Result<(), String> {
 }
 
 /// Creates a data directory in `dir` and starts `mariadbd` on `port`.
-pub fn launch(port: u16, dir: &Path, detach: bool) -> Result<Launch, String> {
+pub fn launch(port: u16, dir: &Path) -> Result<Launch, String> {
     let sbin = [std::path::PathBuf::from("/usr/sbin")];
     let install_db = process::which("mariadb-install-db", &[])
         .or_else(|| process::which("mysql_install_db", &[]))
@@ -101,7 +101,7 @@ pub fn launch(port: u16, dir: &Path, detach: bool) -> Result<Launch, String> {
             "--skip-log-bin",
         ])
         .args(user);
-    let child = spawn(&mut command, &log, detach)?;
+    let child = spawn(&mut command, &log)?;
     Ok(Launch {
         child,
         url: local_url(port),
@@ -135,6 +135,30 @@ pub fn test_namespaces(url: &str) -> Result<Vec<String>, String> {
     names.sort();
     names.dedup();
     Ok(names)
+}
+
+/// Drops the databases and tables named after the given test namespaces and deletes their rows
+/// from every table with a `namespace` column.
+pub fn remove_namespaces(url: &str, names: &[String]) -> Result<(), String> {
+    let list = super::sql_list(names);
+    let quoted = list.replace('\'', "''");
+    let statements = format!(
+        r"SELECT CONCAT('DROP DATABASE IF EXISTS `', REPLACE(schema_name, '`', '``'), '`')
+              FROM information_schema.schemata WHERE schema_name IN ({list})
+          UNION ALL SELECT CONCAT('DROP TABLE IF EXISTS `', REPLACE(table_schema, '`', '``'),
+                                  '`.`', REPLACE(table_name, '`', '``'), '`')
+              FROM information_schema.tables WHERE table_name IN ({list})
+          UNION ALL SELECT CONCAT('DELETE FROM `', REPLACE(table_schema, '`', '``'), '`.`',
+                                  REPLACE(table_name, '`', '``'),
+                                  '` WHERE `namespace` IN ({quoted})')
+              FROM information_schema.columns
+              WHERE column_name = 'namespace'
+                AND table_schema NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')"
+    );
+    for statement in client(url, &statements)? {
+        client(url, &statement)?;
+    }
+    Ok(())
 }
 
 /// Runs SQL with the `mariadb` (or `mysql`) client and returns its rows.
@@ -171,7 +195,7 @@ mod tests {
     fn test_namespaces_are_found_in_tables_columns_and_databases() {
         let port = process::free_port().unwrap();
         let dir = process::temp_dir("mysql-leftover-test").unwrap();
-        let launch = launch(port, &dir, false).unwrap();
+        let launch = launch(port, &dir).unwrap();
         let service = Service {
             kind: ServiceKind::Mysql,
             url: launch.url.clone(),

@@ -82,7 +82,7 @@ fn as_server_user(program: &Path, dir: &Path) -> Result<Command, String> {
 }
 
 /// Initialises a cluster in `dir` and starts it on `port`.
-pub fn launch(port: u16, dir: &Path, detach: bool) -> Result<Launch, String> {
+pub fn launch(port: u16, dir: &Path) -> Result<Launch, String> {
     let data = dir.join("data");
     let log = dir.join("postgres.log");
     let initdb_log = dir.join("initdb.log");
@@ -126,7 +126,7 @@ pub fn launch(port: u16, dir: &Path, detach: bool) -> Result<Launch, String> {
             "-c",
             "full_page_writes=off",
         ]);
-    let child = spawn(&mut server, &log, detach)?;
+    let child = spawn(&mut server, &log)?;
     Ok(Launch {
         child,
         url: local_url(port),
@@ -161,6 +161,30 @@ pub fn test_namespaces(url: &str) -> Result<Vec<String>, String> {
     names.sort();
     names.dedup();
     Ok(names)
+}
+
+/// Drops the databases, schemas and tables named after the given test namespaces and deletes
+/// their rows from every table with a `namespace` column.
+pub fn remove_namespaces(url: &str, names: &[String]) -> Result<(), String> {
+    let list = super::sql_list(names);
+    let quoted = list.replace('\'', "''");
+    let statements = format!(
+        r"SELECT format('DROP DATABASE IF EXISTS %I WITH (FORCE)', datname)
+              FROM pg_database WHERE datname IN ({list})
+          UNION ALL SELECT format('DROP SCHEMA IF EXISTS %I CASCADE', nspname)
+              FROM pg_namespace WHERE nspname IN ({list})
+          UNION ALL SELECT format('DROP TABLE IF EXISTS %I.%I CASCADE', schemaname, tablename)
+              FROM pg_tables WHERE tablename IN ({list})
+          UNION ALL SELECT format('DELETE FROM %I.%I WHERE namespace::text IN ({quoted})',
+                                  table_schema, table_name)
+              FROM information_schema.columns
+              WHERE column_name = 'namespace'
+                AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+    );
+    for statement in psql(url, &statements)? {
+        psql(url, &statement)?;
+    }
+    Ok(())
 }
 
 /// Runs one query with `psql` and returns its rows (one column each).
@@ -202,7 +226,7 @@ mod tests {
     fn test_namespaces_are_found_in_tables_columns_and_schemas() {
         let port = process::free_port().unwrap();
         let dir = process::temp_dir("postgres-leftover-test").unwrap();
-        let launch = launch(port, &dir, false).unwrap();
+        let launch = launch(port, &dir).unwrap();
         let service = Service {
             kind: ServiceKind::Postgres,
             url: launch.url.clone(),

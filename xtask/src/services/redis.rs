@@ -28,7 +28,7 @@ pub fn probe(addr: SocketAddr) -> Result<(), String> {
 }
 
 /// Starts `redis-server` on `port`, keeping nothing on disk.
-pub fn launch(port: u16, dir: &Path, detach: bool) -> Result<Launch, String> {
+pub fn launch(port: u16, dir: &Path) -> Result<Launch, String> {
     let binary = process::which("redis-server", &[])
         .ok_or_else(|| missing("redis-server", "apt-get install -y redis-server"))?;
     let log = dir.join("redis.log");
@@ -38,7 +38,7 @@ pub fn launch(port: u16, dir: &Path, detach: bool) -> Result<Launch, String> {
         .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
         .arg("--dir")
         .arg(dir);
-    let child = spawn(&mut command, &log, detach)?;
+    let child = spawn(&mut command, &log)?;
     Ok(Launch {
         child,
         url: local_url(port),
@@ -83,6 +83,50 @@ pub fn test_namespaces(url: &str) -> Result<Vec<String>, String> {
             return Ok(namespaces.into_iter().collect());
         }
     }
+}
+
+/// Unlinks every key of the given test namespaces.
+pub fn remove_namespaces(url: &str, names: &[String]) -> Result<(), String> {
+    let parsed = ServiceUrl::parse(url, 6379)?;
+    let mut conn = Connection::open(parsed.socket_addr()?)?;
+    if let Some(password) = &parsed.password {
+        let user = parsed.user.clone().unwrap_or_else(|| "default".to_owned());
+        expect_ok(conn.call(&["AUTH", &user, password])?, "AUTH")?;
+    }
+    if !parsed.path.is_empty() {
+        expect_ok(conn.call(&["SELECT", &parsed.path])?, "SELECT")?;
+    }
+    let mut doomed = Vec::new();
+    let mut cursor = "0".to_owned();
+    loop {
+        let reply = conn.call(&["SCAN", &cursor, "MATCH", "*t_*", "COUNT", "1000"])?;
+        let Reply::Array(mut parts) = reply else {
+            return Err(format!("unexpected SCAN reply {reply:?}"));
+        };
+        let (Some(Reply::Array(keys)), Some(Reply::Bulk(Some(next)))) = (parts.pop(), parts.pop())
+        else {
+            return Err("unexpected SCAN reply shape".to_owned());
+        };
+        for key in keys {
+            if let Reply::Bulk(Some(key)) = key
+                && namespace_of_key(&key).is_some_and(|ns| names.iter().any(|n| n == ns))
+            {
+                doomed.push(key);
+            }
+        }
+        cursor = next;
+        if cursor == "0" {
+            break;
+        }
+    }
+    for batch in doomed.chunks(500) {
+        let mut args = vec!["UNLINK"];
+        args.extend(batch.iter().map(String::as_str));
+        if let Reply::Error(e) = conn.call(&args)? {
+            return Err(format!("redis refused UNLINK: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// The test namespace a key belongs to: the part before the first `:`, without the hash-tag
@@ -212,7 +256,7 @@ mod tests {
     fn test_keys_are_found_by_namespace() {
         let port = process::free_port().unwrap();
         let dir = process::temp_dir("redis-leftover-test").unwrap();
-        let launch = launch(port, &dir, false).unwrap();
+        let launch = launch(port, &dir).unwrap();
         let service = super::super::Service {
             kind: super::super::ServiceKind::Redis,
             url: launch.url.clone(),
