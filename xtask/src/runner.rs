@@ -278,9 +278,11 @@ pub fn run_together(
     (results, summary.elapsed.unwrap_or(elapsed))
 }
 
-/// Where the `xtask` profile writes its JUnit report.
+/// Where the `xtask` profile writes its JUnit report: nextest's store, `target/nextest` under
+/// the workspace root whatever the cargo target directory is.
 fn junit_path() -> std::path::PathBuf {
-    workspace::target_dir()
+    workspace::root()
+        .join("target")
         .join("nextest")
         .join("xtask")
         .join("junit.xml")
@@ -473,10 +475,7 @@ fn run_nextest(
     let mut counts = parse_nextest_summary(&output).ok_or_else(|| {
         "nextest printed no summary (the tests did not build or the run was cut short)".to_owned()
     })?;
-    let junit = workspace::target_dir()
-        .join("nextest")
-        .join("xtask")
-        .join("junit.xml");
+    let junit = junit_path();
     let reasons = std::fs::read_to_string(&junit)
         .map(|x| skip_reasons(&x))
         .unwrap_or_default();
