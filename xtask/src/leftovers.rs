@@ -158,6 +158,31 @@ pub fn remove(
     errors
 }
 
+/// After an interruption: waits (up to `limit`) until every process that made a namespace new
+/// since `before` has exited — a test's own child processes may outlive it briefly — and
+/// returns the snapshot then.
+pub fn settle(
+    before: &Snapshot,
+    services: &[&Service],
+    local: &LocalPlaces,
+    limit: std::time::Duration,
+) -> Snapshot {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let now = Snapshot::take(services, local);
+        let running = now
+            .found
+            .iter()
+            .filter(|item| !before.found.contains(*item))
+            .filter_map(|(_, name)| test_namespace_pid(name))
+            .any(process::pid_alive);
+        if !running || std::time::Instant::now() >= deadline {
+            return now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Whether `name` is one of the file backend tests' own temporary directories:
 /// `cachier-file-` and the six random characters `tempfile` adds.
 fn is_file_test_temp_dir(name: &str) -> bool {

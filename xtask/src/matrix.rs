@@ -247,7 +247,11 @@ pub fn run(
         ));
     }
 
-    let mut report = Report::compare(&before, &Snapshot::take(&service_refs, &local));
+    let after = match interrupt::received() {
+        Some(_) => leftovers::settle(&before, &service_refs, &local, Duration::from_secs(10)),
+        None => Snapshot::take(&service_refs, &local),
+    };
+    let mut report = Report::compare(&before, &after);
     if let Some(signal) = interrupt::received() {
         // The tests were cut short and could not clean up after themselves: do it for them.
         println!(
