@@ -49,6 +49,8 @@ impl LocalPlaces {
 pub struct Snapshot {
     found: BTreeSet<(String, String)>,
     errors: Vec<String>,
+    /// The places that could not be read.
+    unread: BTreeSet<String>,
 }
 
 impl Snapshot {
@@ -81,7 +83,10 @@ impl Snapshot {
             Ok(names) => self
                 .found
                 .extend(names.into_iter().map(|n| (place.to_owned(), n))),
-            Err(e) => self.errors.push(format!("{place}: {e}")),
+            Err(e) => {
+                self.errors.push(format!("{place}: {e}"));
+                self.unread.insert(place.to_owned());
+            }
         }
     }
 }
@@ -267,7 +272,8 @@ impl Report {
             if test_namespace_pid(&item.1).is_some_and(process::pid_alive) {
                 continue;
             }
-            if before.found.contains(item) {
+            // What a place held before the run is unknown when it could not be read then.
+            if before.found.contains(item) || before.unread.contains(&item.0) {
                 report.earlier.push(item.clone());
             } else {
                 report.new.push(item.clone());
@@ -324,7 +330,7 @@ mod tests {
         let old = "t_999999998_old_ef";
         let before = Snapshot {
             found: [("redis".into(), old.into())].into(),
-            errors: vec![],
+            ..Snapshot::default()
         };
         let after = Snapshot {
             found: [
@@ -333,7 +339,7 @@ mod tests {
                 ("redis".to_owned(), old.to_owned()),
             ]
             .into(),
-            errors: vec![],
+            ..Snapshot::default()
         };
         let report = Report::compare(&before, &after);
         assert_eq!(report.new, vec![("redis".to_owned(), dead.to_owned())]);
@@ -383,8 +389,8 @@ mod tests {
     #[test]
     fn an_unreadable_place_is_not_clean() {
         let after = Snapshot {
-            found: BTreeSet::new(),
             errors: vec!["redis: refused".into()],
+            ..Snapshot::default()
         };
         assert!(!Report::compare(&Snapshot::default(), &after).clean());
     }

@@ -545,8 +545,12 @@ fn name_filter(options: &RunOptions) -> Vec<String> {
     options.filter.iter().cloned().collect()
 }
 
+/// Tests of one SQL server that run at once (see [`write_tool_config`]).
+const DATABASE_TESTS_AT_ONCE: usize = 6;
+
 /// Writes the nextest tool configuration: profile `xtask` with retries for flaky tests only,
-/// a per-test time limit, and a JUnit report that keeps the output of passing tests.
+/// a per-test time limit, a JUnit report that keeps the output of passing tests, and a cap on
+/// the tests of one SQL server at once.
 fn write_tool_config(retries: u32) -> Result<std::path::PathBuf, String> {
     let path = workspace::xtask_dir().join("nextest.toml");
     let text = format!(
@@ -559,7 +563,18 @@ fn write_tool_config(retries: u32) -> Result<std::path::PathBuf, String> {
          store-success-output = true\n\
          [[profile.xtask.overrides]]\n\
          filter = 'test(/{FLAKY_SUFFIX}$/)'\n\
-         retries = {retries}\n"
+         retries = {retries}\n\
+         # Tests of one database server share its connection limit (100 on a default\n\
+         # PostgreSQL, 151 on MariaDB): each test process opens a pool of its own.\n\
+         [test-groups]\n\
+         '@tool:xtask:postgres' = {{ max-threads = {DATABASE_TESTS_AT_ONCE} }}\n\
+         '@tool:xtask:mysql' = {{ max-threads = {DATABASE_TESTS_AT_ONCE} }}\n\
+         [[profile.xtask.overrides]]\n\
+         filter = 'package(=cachier-sql) & binary(~postgres)'\n\
+         test-group = '@tool:xtask:postgres'\n\
+         [[profile.xtask.overrides]]\n\
+         filter = 'package(=cachier-sql) & binary(~mysql)'\n\
+         test-group = '@tool:xtask:mysql'\n"
     );
     std::fs::create_dir_all(workspace::xtask_dir())
         .and_then(|()| std::fs::write(&path, text))
