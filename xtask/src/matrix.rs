@@ -316,7 +316,8 @@ fn run_all_at_once(
         row.wall = Some(result.wall);
         if let Some((again, _)) = &serial {
             let again = &again[k];
-            row.serial_wall = Some(again.wall);
+            // One test at a time, a target's time is that of its own tests.
+            row.serial_wall = Some(again.counts.as_ref().map_or(again.wall, |c| c.busy));
             match &again.counts {
                 Ok(c) if c.failed == 0 => {}
                 Ok(c) => {

@@ -130,6 +130,9 @@ pub struct Counts {
     pub skip_reasons: Vec<String>,
     /// How long the tests took by the runner's own clock, when it says.
     pub elapsed: Option<Duration>,
+    /// The tests' own durations added up (from a JUnit report): a target's time when its tests
+    /// run one at a time among others'.
+    pub busy: Duration,
 }
 
 /// The result of running one target.
@@ -343,6 +346,8 @@ struct JunitCase {
     skipped: Option<String>,
     /// Seconds from the start of the run to the end of this test.
     end: Option<f64>,
+    /// How long the test took, in seconds.
+    took: f64,
 }
 
 impl Junit {
@@ -357,10 +362,11 @@ impl Junit {
             .map(|case| {
                 let body = case.split("</testcase>").next().unwrap_or(case);
                 let tag = body.split('>').next().unwrap_or_default();
+                let took = attribute(tag, "time")
+                    .and_then(|t| t.parse::<f64>().ok())
+                    .unwrap_or(0.0);
                 let end = match (attribute(tag, "timestamp").and_then(iso_seconds), start) {
-                    (Some(at), Some(start)) => attribute(tag, "time")
-                        .and_then(|t| t.parse::<f64>().ok())
-                        .map(|took| at + took - start),
+                    (Some(at), Some(start)) => Some(at + took - start),
                     _ => None,
                 };
                 let out = body.split("<system-out>").nth(1).unwrap_or_default();
@@ -372,6 +378,7 @@ impl Junit {
                         reason.lines().next().unwrap_or_default().trim().to_owned()
                     }),
                     end,
+                    took,
                 }
             })
             .collect();
@@ -392,6 +399,7 @@ impl Junit {
                 counts.passed += 1;
             }
             counts.flaky += usize::from(case.flaky && !case.failed);
+            counts.busy += Duration::from_secs_f64(case.took.max(0.0));
             if let Some(end) = case.end {
                 last_end = Some(last_end.map_or(end, |l| l.max(end)));
             }
@@ -790,6 +798,7 @@ mod tests {
         assert_eq!((memory.passed, memory.skipped, memory.flaky), (1, 1, 1));
         assert_eq!(memory.skip_reasons, ["c: in-process"]);
         assert_eq!(memory.elapsed, Some(Duration::from_millis(600)));
+        assert_eq!(memory.busy, Duration::from_millis(300));
         assert_eq!(report.counts_of(|_| false), Counts::default());
     }
 
