@@ -150,6 +150,44 @@ pub fn unwrap(bytes: &[u8]) -> Result<(u8, &[u8])> {
     Ok((header[5], payload))
 }
 
+/// [`seal`] with the default codec for a value whose type is known: byte buffers, strings and
+/// vectors of numbers are written in bulk, byte for byte as the codec would write them (see
+/// the `plain` module), everything else through the codec.
+pub(crate) fn seal_default<T: std::any::Any + Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut out = vec![0; HEADER_LEN];
+    if !crate::plain::encode_into(value, &mut out) {
+        return seal::<DefaultCodec, T>(value);
+    }
+    let payload_len = u32::try_from(out.len() - HEADER_LEN)
+        .map_err(|_| Error::too_large("values above 4 GiB cannot be stored"))?;
+    let crc = crc32fast::hash(&out[HEADER_LEN..]);
+    out[0..4].copy_from_slice(&MAGIC);
+    out[4] = ENVELOPE_VERSION;
+    out[5] = DefaultCodec::ID;
+    out[8..12].copy_from_slice(&payload_len.to_le_bytes());
+    out[12..16].copy_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// [`open`] with the default codec for a value whose type is known: plain types are read in
+/// bulk (see [`seal_default`]).
+pub(crate) fn open_default<T: std::any::Any + DeserializeOwned>(
+    bytes: &[u8],
+    decode_limit: usize,
+) -> Result<T> {
+    let (codec, payload) = unwrap(bytes)?;
+    if codec != DefaultCodec::ID {
+        return Err(Error::corrupt(format!(
+            "written by codec {codec}, this reader uses codec {}",
+            DefaultCodec::ID
+        )));
+    }
+    match crate::plain::decode::<T>(payload, decode_limit) {
+        Some(decoded) => decoded,
+        None => DefaultCodec::decode(payload, decode_limit),
+    }
+}
+
 /// Checks an envelope written by codec `C` and decodes its payload.
 pub fn open<C: Codec, T: DeserializeOwned>(bytes: &[u8], decode_limit: usize) -> Result<T> {
     let (codec, payload) = unwrap(bytes)?;
@@ -192,6 +230,36 @@ mod tests {
                 "flip at {i}"
             );
         }
+    }
+
+    #[test]
+    fn plain_values_seal_as_the_codec_does() {
+        let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        assert_eq!(
+            seal_default(&bytes).unwrap(),
+            seal::<Bincode, _>(&bytes).unwrap()
+        );
+        let text = String::from("déjà vu");
+        assert_eq!(
+            seal_default(&text).unwrap(),
+            seal::<Bincode, _>(&text).unwrap()
+        );
+        let pair = (1u8, text.clone());
+        assert_eq!(
+            seal_default(&pair).unwrap(),
+            seal::<Bincode, _>(&pair).unwrap()
+        );
+        let back: Vec<u8> = open_default(&seal::<Bincode, _>(&bytes).unwrap(), 1 << 20).unwrap();
+        assert_eq!(back, bytes);
+        let back: (u8, String) = open_default(&seal_default(&pair).unwrap(), 1 << 20).unwrap();
+        assert_eq!(back, pair);
+        let foreign = wrap(9, &[0; 8]).unwrap();
+        assert_eq!(
+            open_default::<Vec<u8>>(&foreign, 1 << 20)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Corrupt
+        );
     }
 
     #[test]

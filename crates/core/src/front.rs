@@ -724,7 +724,7 @@ impl Function {
         store: bool,
     ) -> Result<Computed<T, E>>
     where
-        T: Serialize + Sync,
+        T: Serialize + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Computed<T, E>>,
     {
@@ -764,11 +764,11 @@ impl Function {
 
     /// Encodes and stores a computed value. `Ok(true)` if it was stored (which also ended any
     /// claim), `Ok(false)` if it was deliberately not stored or the backend failed (logged).
-    async fn store<T: Serialize + Sync + ?Sized>(&self, key: &Key, value: &T) -> Result<bool> {
+    async fn store<T: Serialize + Sync + 'static>(&self, key: &Key, value: &T) -> Result<bool> {
         if !self.settings.allow_none && is_none(value) {
             return Ok(false);
         }
-        let bytes = match codec::seal::<DefaultCodec, T>(value) {
+        let bytes = match codec::seal_default(value) {
             Ok(bytes) => bytes,
             Err(err) if self.settings.strict => return Err(err.with_key(key)),
             Err(err) => {
@@ -808,7 +808,7 @@ impl Function {
     }
 
     /// Decodes an entry and judges it against the call's freshness limits.
-    fn judge<T: Serialize + DeserializeOwned>(
+    fn judge<T: Serialize + DeserializeOwned + 'static>(
         &self,
         key: &Key,
         entry: Option<&Entry>,
@@ -819,7 +819,7 @@ impl Function {
 
     /// [`Function::judge`]; `report_corrupt` false for a second look at an entry already
     /// reported.
-    fn judge_reporting<T: Serialize + DeserializeOwned>(
+    fn judge_reporting<T: Serialize + DeserializeOwned + 'static>(
         &self,
         key: &Key,
         entry: Option<&Entry>,
@@ -831,7 +831,7 @@ impl Function {
         else {
             return Usable::Missing;
         };
-        let value: T = match codec::open::<DefaultCodec, T>(bytes, self.settings.decode_limit) {
+        let value: T = match codec::open_default::<T>(bytes, self.settings.decode_limit) {
             Ok(value) => value,
             Err(err) => {
                 if report_corrupt {

@@ -55,6 +55,7 @@ mod front;
 mod health;
 mod key;
 mod none;
+mod plain;
 mod settings;
 mod stats;
 
