@@ -32,6 +32,21 @@
 //! example the cross-process checks on an in-process backend). A skipped check passes and prints
 //! `conformance: SKIPPED <check>: <reason>` on standard output and standard error.
 //!
+//! Capabilities are checked where they can be: `cross_process` (another process's value is seen
+//! exactly when it is declared), `persistent` (a value outlives the process that wrote it),
+//! `max_value_bytes` (exact at the limit) and `native_wakeup` (a prompt wake-up). Those checks
+//! print `conformance: VERIFIED <check>: ...` for what they proved and
+//! `conformance: ASSUMED <check>: ...` for what they take on trust.
+//!
+//! ## Time limits
+//!
+//! Every check ends: it runs within a time limit well above its normal run (one minute, more
+//! for the checks that start processes or move large values; see [`time_limit`]). A check a
+//! broken backend keeps from ending — a claim that never expires, a claim refused whenever a
+//! value exists — fails at its limit with its name and its last [`Harness::step`], e.g.
+//! `conformance: dead_holder_lease_expires did not end within its time limit of 60 s; its last
+//! step: calling f on a key whose holder never renews: waiting for its 800 ms lease to end`.
+//!
 //! ## Requirements on the factory
 //!
 //! `make_core` is called once per check (and once in every child process), so it must reach the
@@ -53,13 +68,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::{Cachier, CachierBuilder, Core, FuncId, Key, Namespace};
 
 pub mod checks;
+mod limits;
 mod process;
 
+pub use limits::{DEFAULT_TIME_LIMIT, time_limit};
 pub use process::child_main;
 
 /// What the factory given to [`conformance_suite!`](crate::conformance_suite!) returns.
@@ -100,6 +118,8 @@ pub struct Harness {
     outage: Option<fn() -> OutageFuture>,
     module: &'static str,
     test: &'static str,
+    step: Arc<Mutex<String>>,
+    time_limit: Option<Duration>,
 }
 
 impl Harness {
@@ -111,7 +131,22 @@ impl Harness {
             outage: None,
             module,
             test,
+            step: Arc::new(Mutex::new(String::new())),
+            time_limit: None,
         }
+    }
+
+    /// The same harness with `limit` as the check's time limit instead of [`time_limit`]'s
+    /// (the suite's own tests of broken backends use short ones).
+    pub fn with_time_limit(mut self, limit: Duration) -> Self {
+        self.time_limit = Some(limit);
+        self
+    }
+
+    /// Records what the check does now, e.g. `"waiting for the dead holder's lease to end"`:
+    /// a check that overruns its time limit fails with its last step.
+    pub fn step(&self, what: impl Into<String>) {
+        *self.step.lock().unwrap_or_else(|p| p.into_inner()) = what.into();
     }
 
     /// The same harness with a factory of private servers for the outage checks.
@@ -234,17 +269,41 @@ pub fn func_id(name: &str) -> FuncId {
 }
 
 /// Runs one check on a fresh multi-threaded runtime; used by [`conformance_suite!`](crate::conformance_suite!).
+///
+/// The check must end within its time limit ([`time_limit`], or the harness's own): one that
+/// overruns it fails with its name, the limit and its last [`Harness::step`].
 pub fn run<F>(harness: Harness, check: F)
 where
     F: FnOnce(Harness) -> Pin<Box<dyn Future<Output = Outcome> + Send>>,
 {
     let name = harness.test_name();
+    let limit = harness.time_limit.unwrap_or_else(|| time_limit(name));
+    let step = harness.step.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .build()
         .expect("a test can start a runtime");
-    match runtime.block_on(check(harness)) {
+    // On a task of its own, so that the limit fires even while the check blocks a thread.
+    let mut task = runtime.spawn(check(harness));
+    let ended = runtime.block_on(async { tokio::time::timeout(limit, &mut task).await });
+    let outcome = match ended {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(err)) => match err.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(err) => panic!("conformance: {name} was cancelled: {err}"),
+        },
+        Err(_) => {
+            let message = limits::overrun(name, limit, &step);
+            task.abort();
+            // Dropping the check cleans up its namespace; give that a moment, no more.
+            let grace = limits::CLEANUP_GRACE.min(limit);
+            let _ = runtime.block_on(async { tokio::time::timeout(grace, task).await });
+            runtime.shutdown_background();
+            panic!("{message}");
+        }
+    };
+    match outcome {
         Outcome::Passed => {}
         Outcome::Skipped(reason) => {
             println!("conformance: SKIPPED {name}: {reason}");
@@ -387,6 +446,20 @@ macro_rules! __conformance_checks {
             scopes_are_unique_and_cleaned,
             cross_process_single_flight,
             cross_process_dead_holder,
+            claim_held_until_is_holders_expiry,
+            renew_sets_expiry_to_now_plus_lease,
+            claim_until_has_millisecond_precision,
+            get_value_reads_value_while_claimed,
+            keys_of_one_function_hold_their_own_values,
+            removed_values_are_not_served,
+            removal_counts_values_not_claims,
+            clear_namespace_spares_extended_names,
+            delete_stale_cut_off_is_exclusive,
+            call_after_removal_recomputes,
+            max_value_bytes_is_exact,
+            persistent_values_outlive_their_writer,
+            cross_process_declared_when_shared,
+            native_wakeup_wakes_promptly,
         );
     };
 }

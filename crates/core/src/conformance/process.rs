@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -23,6 +24,7 @@ const COUNTER: &str = "CACHIER_CONFORMANCE_COUNTER";
 const START_AT: &str = "CACHIER_CONFORMANCE_START_AT_MS";
 const TASKS: &str = "CACHIER_CONFORMANCE_TASKS";
 const LEASE_MS: &str = "CACHIER_CONFORMANCE_LEASE_MS";
+const VALUE: &str = "CACHIER_CONFORMANCE_VALUE";
 
 const PROCESSES: usize = 4;
 const TASKS_PER_PROCESS: usize = 8;
@@ -103,6 +105,9 @@ pub async fn cross_process_single_flight(h: &Harness) -> Outcome {
     let children: Vec<Child> = (0..PROCESSES)
         .map(|_| spawn_child(h, "single_flight", &envs))
         .collect();
+    h.step(format!(
+        "waiting for {PROCESSES} child processes to call f on one cold key and exit"
+    ));
     for child in children {
         let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
             .await
@@ -140,6 +145,7 @@ pub async fn cross_process_dead_holder(h: &Harness) -> Outcome {
     let mut child = spawn_child(h, "dead_holder", &envs);
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = BufReader::new(stdout).lines();
+    h.step("waiting for the child process to claim the key");
     let claimed = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.expect("child stdout") {
             if line.contains("dead_holder claimed") {
@@ -167,6 +173,7 @@ pub async fn cross_process_dead_holder(h: &Harness) -> Outcome {
         .with_namespace(s.namespace.clone())
         .build()
         .function(func_id("xproc"));
+    h.step("calling f on the key a killed process claimed: waiting for its 1.5 s lease to end");
     let v: u64 = f.call(&7u32, || async { RESULT }).await.expect("call");
     assert_eq!(v, RESULT);
     let took = killed_at.elapsed();
@@ -178,7 +185,31 @@ pub async fn cross_process_dead_holder(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
-fn key_in(namespace: &Namespace) -> Key {
+/// Sets `value` under the key [`key_in`] of `namespace` in another OS process, with a core of
+/// that process's own, and returns once that process has exited.
+pub(super) async fn set_in_another_process(h: &Harness, namespace: &Namespace, value: &str) {
+    let envs = [
+        (NAMESPACE, namespace.to_string()),
+        (VALUE, value.to_string()),
+    ];
+    h.step("waiting for a child process to set a value and exit");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        spawn_child(h, "set_value", &envs).wait_with_output(),
+    )
+    .await
+    .expect("the child process set its value and exited within a minute")
+    .expect("child output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the child process failed: {stdout}");
+    assert!(
+        stdout.contains("set_value ok"),
+        "the child set no value (was the child_process test found?): {stdout}"
+    );
+}
+
+/// The key the cross-process checks use in `namespace`.
+pub(super) fn key_in(namespace: &Namespace) -> Key {
     Key::for_args(namespace, &func_id("xproc"), &7u32).expect("key")
 }
 
@@ -240,6 +271,13 @@ pub fn child_main(h: Harness) {
                 std::io::stdout().flush().expect("flush");
                 // Hold the claim without renewing or releasing until the parent kills us.
                 tokio::time::sleep(Duration::from_secs(300)).await;
+            }
+            "set_value" => {
+                let value = Bytes::from(env(VALUE));
+                core.set(&key_in(&namespace), value, Timestamp::now())
+                    .await
+                    .expect("set");
+                println!("\nset_value ok");
             }
             other => panic!("unknown child role {other}"),
         }

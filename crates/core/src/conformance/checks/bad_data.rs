@@ -13,6 +13,7 @@ async fn corrupt_is_miss(h: &Harness, bad: Bytes) {
     let f = s.cache().function(func_id("f"));
     let key = s.key("f", &1u8);
     s.core.set(&key, bad, Timestamp::now()).await.expect("set");
+    h.step("calling f on a key holding bytes that do not decode (it claims, computes, overwrites)");
     let v: u64 = f
         .call(&1u8, || async { 5 })
         .await

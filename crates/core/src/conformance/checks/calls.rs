@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{counter, eventually};
 use crate::conformance::{Harness, Outcome, func_id};
-use crate::{CallOptions, ErrorKind};
+use crate::{CallOptions, ErrorKind, Timestamp};
 
 /// The first call computes, the second is a hit.
 pub async fn call_miss_then_hit(h: &Harness) -> Outcome {
@@ -75,6 +75,7 @@ pub async fn stale_after_recomputes(h: &Harness) -> Outcome {
     assert_eq!(call(runs.clone()).await, 0);
     assert_eq!(call(runs.clone()).await, 0, "fresh value not served");
     tokio::time::sleep(Duration::from_millis(2000)).await;
+    h.step("calling f on a key holding a stale value (it claims and recomputes)");
     assert_eq!(call(runs.clone()).await, 1, "stale value served");
     assert_eq!(runs.load(SeqCst), 2);
     Outcome::Passed
@@ -137,6 +138,7 @@ pub async fn next_time_serves_stale_then_refreshes(h: &Harness) -> Outcome {
     };
     assert_eq!(call().await, 0);
     tokio::time::sleep(Duration::from_millis(500)).await;
+    h.step("calling f with next_time on a key holding a stale value");
     let started = Instant::now();
     assert_eq!(call().await, 0, "the stale value is served");
     assert!(started.elapsed() < Duration::from_millis(1000));
@@ -161,9 +163,10 @@ pub async fn next_time_serves_stale_then_refreshes(h: &Harness) -> Outcome {
 
 /// Calls `f` once per step with the step's options; each call returns how many computations ran
 /// before it, and must return the step's expected value.
-async fn call_steps(f: &crate::Function, steps: &[(CallOptions, u64)]) {
+async fn call_steps(h: &Harness, f: &crate::Function, steps: &[(CallOptions, u64)]) {
     let runs = counter();
     for (i, &(opts, expected)) in steps.iter().enumerate() {
+        h.step(format!("call {i} of f, with {opts:?}"));
         let r = runs.clone();
         let v: u64 = f
             .call_with(
@@ -185,7 +188,7 @@ pub async fn skip_cache_bypasses(h: &Harness) -> Outcome {
         CallOptions::default(),
         CallOptions::default().skip_cache(true),
     );
-    call_steps(&f, &[(plain, 0), (skip, 1), (plain, 0)]).await;
+    call_steps(h, &f, &[(plain, 0), (skip, 1), (plain, 0)]).await;
     assert_eq!(f.stats().bypassed, 1);
     Outcome::Passed
 }
@@ -198,7 +201,7 @@ pub async fn overwrite_cache_recomputes_and_stores(h: &Harness) -> Outcome {
         CallOptions::default(),
         CallOptions::default().overwrite_cache(true),
     );
-    call_steps(&f, &[(plain, 0), (over, 1), (plain, 1)]).await;
+    call_steps(h, &f, &[(plain, 0), (over, 1), (plain, 1)]).await;
     Outcome::Passed
 }
 
@@ -553,5 +556,73 @@ pub async fn call_blocking_works_in_and_out_of_runtime(h: &Harness) -> Outcome {
         .expect("call_blocking");
     assert_eq!(in_runtime, 11);
     assert_eq!(runs.load(SeqCst), 1);
+    Outcome::Passed
+}
+
+/// A value served as a hit is not served again once removed: after `Function::clear`, and
+/// after `clear`, `delete_stale`, `clear_namespace` or `remove` on the core (another core
+/// instance for a shared store), the next call computes.
+pub async fn call_after_removal_recomputes(h: &Harness) -> Outcome {
+    let s = h.scope().await;
+    let f = s.cache().function(func_id("f"));
+    let other = if s.core.capabilities().cross_process {
+        h.core().await
+    } else {
+        s.core.clone()
+    };
+    let (func, key) = (func_id("f"), s.key("f", &1u8));
+    let runs = counter();
+    let call = || {
+        let (f, r) = (f.clone(), runs.clone());
+        async move {
+            f.call(&1u8, move || async move { r.fetch_add(1, SeqCst) as u64 })
+                .await
+                .expect("call")
+        }
+    };
+    for (i, removal) in [
+        "Function::clear",
+        "clear",
+        "delete_stale",
+        "clear_namespace",
+        "remove",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        h.step(format!("calling f before {removal}"));
+        assert_eq!(call().await, i as u64, "before {removal}");
+        assert_eq!(call().await, i as u64, "the value was not served as a hit");
+        match removal {
+            "Function::clear" => {
+                f.clear().await.expect("clear");
+            }
+            "clear" => {
+                other.clear(&s.namespace, &func).await.expect("clear");
+            }
+            "delete_stale" => {
+                let cut = Timestamp::now().add(Duration::from_secs(1));
+                other
+                    .delete_stale(&s.namespace, &func, cut)
+                    .await
+                    .expect("delete_stale");
+            }
+            "clear_namespace" => {
+                other
+                    .clear_namespace(&s.namespace)
+                    .await
+                    .expect("clear_namespace");
+            }
+            _ => {
+                other.remove(&key).await.expect("remove");
+            }
+        }
+        h.step(format!("calling f after {removal}"));
+        assert_eq!(
+            call().await,
+            i as u64 + 1,
+            "a value removed by {removal} was served"
+        );
+    }
     Outcome::Passed
 }

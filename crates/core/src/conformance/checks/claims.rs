@@ -223,3 +223,152 @@ pub async fn value_readable_while_claimed(h: &Harness) -> Outcome {
     assert!(entry.is_claimed());
     Outcome::Passed
 }
+
+/// How far a reported claim expiry may be from the one the suite expects: the clocks of the
+/// suite, the backend and its server, and the time a call takes.
+const CLOCK_TOLERANCE: Duration = Duration::from_secs(1);
+
+/// Panics unless `until` lies within [`CLOCK_TOLERANCE`] of `[before + lease, after + lease]`.
+fn assert_expiry(
+    until: Timestamp,
+    before: Timestamp,
+    after: Timestamp,
+    lease: Duration,
+    what: &str,
+) {
+    let (low, high) = (before.add(lease), after.add(lease));
+    assert!(
+        until >= low.sub(CLOCK_TOLERANCE) && until <= high.add(CLOCK_TOLERANCE),
+        "{what} is {until:?}, expected {low:?}..={high:?} (now + {lease:?}, within {CLOCK_TOLERANCE:?})"
+    );
+}
+
+/// Panics unless two reports of one claim's expiry agree within [`CLOCK_TOLERANCE`].
+fn assert_same_expiry(reported: Timestamp, expiry: Timestamp, what: &str) {
+    let gap = reported.as_millis().abs_diff(expiry.as_millis());
+    assert!(
+        Duration::from_millis(gap) <= CLOCK_TOLERANCE,
+        "{what} is {reported:?}, but the holder's claim ends at {expiry:?} (get's claim_until)"
+    );
+}
+
+/// The claim's expiry as `get` reports it.
+async fn claim_until(core: &dyn crate::Core, key: &crate::Key) -> Timestamp {
+    core.get(key)
+        .await
+        .expect("get")
+        .and_then(|e| e.claim_until)
+        .expect("get shows the live claim")
+}
+
+/// `Held { until }` is the holder's expiry — not the caller's own lease, not a guess — and agrees
+/// with `get`'s `claim_until`, whatever lease the refused caller asked for.
+pub async fn claim_held_until_is_holders_expiry(h: &Harness) -> Outcome {
+    let s = h.scope().await;
+    let key = s.key("f", &1u8);
+    let holder_lease = Duration::from_secs(30);
+    let before = Timestamp::now();
+    acquired(s.core.claim(&key, holder_lease).await.expect("claim"));
+    let after = Timestamp::now();
+    let expiry = claim_until(&*s.core, &key).await;
+    assert_expiry(expiry, before, after, holder_lease, "get's claim_until");
+    let other = h.core().await;
+    for lease in [
+        Duration::from_secs(3),
+        holder_lease,
+        Duration::from_secs(300),
+    ] {
+        match other.claim(&key, lease).await.expect("claim") {
+            Claim::Held { until } => assert_same_expiry(
+                until,
+                expiry,
+                &format!("Held {{ until }} for a caller asking for {lease:?}"),
+            ),
+            Claim::Acquired(_) => panic!("a held claim was acquired twice"),
+        }
+    }
+    Outcome::Passed
+}
+
+/// `renew(lease)` sets the expiry to now + lease, counted from the renewal, not from the old
+/// expiry: longer and shorter than what was left, and a claim renewed briefly ends then.
+pub async fn renew_sets_expiry_to_now_plus_lease(h: &Harness) -> Outcome {
+    let s = h.scope().await;
+    let key = s.key("f", &1u8);
+    let other = h.core().await;
+    let token = acquired(s.core.claim(&key, LEASE).await.expect("claim"));
+    for lease in [Duration::from_secs(20), Duration::from_secs(3)] {
+        let before = Timestamp::now();
+        assert!(s.core.renew(&key, &token, lease).await.expect("renew"));
+        let after = Timestamp::now();
+        let expiry = claim_until(&*s.core, &key).await;
+        assert_expiry(
+            expiry,
+            before,
+            after,
+            lease,
+            &format!("after renew({lease:?}), get's claim_until"),
+        );
+        match other.claim(&key, LEASE).await.expect("claim") {
+            Claim::Held { until } => assert_same_expiry(
+                until,
+                expiry,
+                &format!("after renew({lease:?}), Held {{ until }}"),
+            ),
+            Claim::Acquired(_) => panic!("a renewed claim was acquired by another caller"),
+        }
+    }
+    assert!(
+        s.core
+            .renew(&key, &token, Duration::from_millis(400))
+            .await
+            .expect("renew")
+    );
+    h.step("waiting for a claim renewed for 400 ms to end");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    acquired(
+        other
+            .claim(&key, LEASE)
+            .await
+            .expect("claim after the renewed lease"),
+    );
+    Outcome::Passed
+}
+
+/// Claim expiries are kept to the millisecond: neither `get`'s `claim_until` nor
+/// `Held { until }` is rounded (to seconds, tenths or hundredths).
+pub async fn claim_until_has_millisecond_precision(h: &Harness) -> Outcome {
+    let s = h.scope().await;
+    let other = h.core().await;
+    let mut reported = Vec::new();
+    for i in 0..8u16 {
+        let key = s.key("f", &i);
+        // Leases of odd milliseconds, claimed at different moments.
+        let lease = Duration::from_millis(20_000 + 137 * u64::from(i));
+        let before = Timestamp::now();
+        acquired(s.core.claim(&key, lease).await.expect("claim"));
+        let after = Timestamp::now();
+        let expiry = claim_until(&*s.core, &key).await;
+        assert_expiry(expiry, before, after, lease, "get's claim_until");
+        let Claim::Held { until } = other.claim(&key, lease).await.expect("claim") else {
+            panic!("a held claim was acquired twice");
+        };
+        reported.push((expiry, until));
+        tokio::time::sleep(Duration::from_millis(3 + u64::from(i))).await;
+    }
+    // A backend keeping milliseconds reports a multiple of 10 ms one time in ten: eight of them
+    // in a row happen by chance once in 10^8 runs.
+    assert!(
+        reported
+            .iter()
+            .any(|(expiry, _)| expiry.as_millis() % 10 != 0),
+        "every claim_until is a multiple of 10 ms ({reported:?}): the backend rounds claim expiries"
+    );
+    assert!(
+        reported
+            .iter()
+            .any(|(_, until)| until.as_millis() % 10 != 0),
+        "every Held {{ until }} is a multiple of 10 ms ({reported:?}): the backend rounds it"
+    );
+    Outcome::Passed
+}

@@ -41,7 +41,10 @@ pub async fn concurrent_claims_one_winner(h: &Harness) -> Outcome {
     Outcome::Passed
 }
 
-async fn one_computation(funcs: Vec<crate::Function>, callers: usize) {
+async fn one_computation(h: &Harness, funcs: Vec<crate::Function>, callers: usize) {
+    h.step(format!(
+        "waiting for {callers} callers on one cold key to get its one computation's value"
+    ));
     let runs = counter();
     let barrier = Arc::new(tokio::sync::Barrier::new(callers));
     let mut tasks = Vec::new();
@@ -78,7 +81,7 @@ async fn one_computation(funcs: Vec<crate::Function>, callers: usize) {
 /// 64 concurrent callers on one cold key: one computation, 64 equal results.
 pub async fn many_tasks_one_computation(h: &Harness) -> Outcome {
     let s = h.scope().await;
-    one_computation(vec![s.cache().function(func_id("f"))], 64).await;
+    one_computation(h, vec![s.cache().function(func_id("f"))], 64).await;
     Outcome::Passed
 }
 
@@ -97,6 +100,6 @@ pub async fn many_cores_one_computation(h: &Harness) -> Outcome {
             .build();
         funcs.push(cache.function(func_id("f")));
     }
-    one_computation(funcs, 32).await;
+    one_computation(h, funcs, 32).await;
     Outcome::Passed
 }

@@ -21,6 +21,7 @@ use crate::{Claim, ClaimToken};
 mod arguments;
 mod bad_data;
 mod calls;
+mod capabilities;
 mod claims;
 mod concurrency;
 mod freshness;
@@ -34,6 +35,7 @@ pub use super::process::{cross_process_dead_holder, cross_process_single_flight}
 pub use arguments::*;
 pub use bad_data::*;
 pub use calls::*;
+pub use capabilities::*;
 pub use claims::*;
 pub use concurrency::*;
 pub use freshness::*;
@@ -92,6 +94,7 @@ mod tests {
         ("arguments.rs", include_str!("arguments.rs")),
         ("bad_data.rs", include_str!("bad_data.rs")),
         ("calls.rs", include_str!("calls.rs")),
+        ("capabilities.rs", include_str!("capabilities.rs")),
         ("claims.rs", include_str!("claims.rs")),
         ("concurrency.rs", include_str!("concurrency.rs")),
         ("freshness.rs", include_str!("freshness.rs")),

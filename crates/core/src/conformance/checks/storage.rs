@@ -126,3 +126,64 @@ pub async fn large_value_8_mib(h: &Harness) -> Outcome {
     assert!(got == value, "8 MiB value changed in the round trip");
     Outcome::Passed
 }
+
+/// `get_value` serves a value and its `stored_at` while a claim on the key is live (a refresh
+/// in progress must not turn every hit into a wait).
+pub async fn get_value_reads_value_while_claimed(h: &Harness) -> Outcome {
+    let s = h.scope().await;
+    let key = s.key("f", &1u8);
+    let at = Timestamp(1_700_000_000_789);
+    s.core
+        .set(&key, Bytes::from_static(b"old"), at)
+        .await
+        .expect("set");
+    acquired(s.core.claim(&key, LEASE).await.expect("claim"));
+    for core in [s.core.clone(), h.core().await] {
+        let entry = core
+            .get_value(&key)
+            .await
+            .expect("get_value")
+            .expect("get_value hides a value while the key is claimed");
+        assert_eq!(
+            (entry.value.as_deref(), entry.stored_at),
+            (Some(&b"old"[..]), at),
+            "get_value while claimed"
+        );
+    }
+    Outcome::Passed
+}
+
+/// Keys of one function hold their own values: each reads back its value and `stored_at`,
+/// through `get` and `get_value`, never a neighbour's.
+pub async fn keys_of_one_function_hold_their_own_values(h: &Harness) -> Outcome {
+    let s = h.scope().await;
+    let keys: Vec<_> = (0..16u32).map(|arg| s.key("f", &arg)).collect();
+    for (i, key) in keys.iter().enumerate() {
+        s.core
+            .set(
+                key,
+                Bytes::from(format!("value {i}")),
+                Timestamp(1_700_000_000_000 + i as u64),
+            )
+            .await
+            .expect("set");
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let expected = (
+            Some(format!("value {i}").into_bytes()),
+            Timestamp(1_700_000_000_000 + i as u64),
+        );
+        for (read, entry) in [
+            ("get", s.core.get(key).await.expect("get")),
+            ("get_value", s.core.get_value(key).await.expect("get_value")),
+        ] {
+            let entry = entry.unwrap_or_else(|| panic!("{read} of key {i} found nothing"));
+            assert_eq!(
+                (entry.value.map(|v| v.to_vec()), entry.stored_at),
+                expected,
+                "{read} of key {i} of one function"
+            );
+        }
+    }
+    Outcome::Passed
+}

@@ -162,6 +162,7 @@ pub async fn waiters_receive_holders_value(h: &Harness) -> Outcome {
     })
     .await;
     assert!(claimed, "the first caller never claimed the key");
+    h.step("waiting for 8 callers to receive the value of the caller computing it");
     let mut waiters = Vec::new();
     for _ in 0..8 {
         let (f, r) = (f.clone(), runs.clone());
@@ -194,6 +195,7 @@ pub async fn dead_holder_lease_expires(h: &Harness) -> Outcome {
             .expect("claim"),
     );
     let f = s.cache().function(func_id("f"));
+    h.step("calling f on a key whose holder never renews: waiting for its 800 ms lease to end");
     let started = Instant::now();
     let v: u64 = f.call(&1u8, || async { 9 }).await.expect("call");
     let took = started.elapsed();
@@ -223,6 +225,9 @@ pub async fn wait_for_calc_timeout_computes(h: &Harness) -> Outcome {
         .wait_for_calc_timeout(Duration::from_millis(400))
         .build()
         .function(func_id("f"));
+    h.step(
+        "calling f while another holds a 60 s claim: waiting out wait_for_calc_timeout (400 ms)",
+    );
     let started = Instant::now();
     let v: u64 = f.call(&1u8, || async { 4 }).await.expect("call");
     let took = started.elapsed();
@@ -262,6 +267,7 @@ pub async fn lease_renewed_while_computing(h: &Harness) -> Outcome {
         .build()
         .function(func_id("f"));
     let r2 = runs.clone();
+    h.step("calling f on another core while a caller computes, renewing its 1 s lease");
     let v: u64 = other
         .call(&1u8, move || async move {
             r2.fetch_add(1, SeqCst);
