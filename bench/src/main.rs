@@ -5,11 +5,12 @@
 //! concurrent callers, hit throughput under concurrency, and hit cost as the store grows.
 //!
 //! ```text
-//! cargo run --release -p cachier-bench -- [memory] [file] [redis] [--quick]
+//! cargo run --release -p cachier-bench -- [memory] [file] [redis] [plugin] [--quick]
 //! ```
 //!
-//! (`cargo xtask bench [target...] [--quick]` runs exactly this.) With no target, all three
-//! run. The table goes to the terminal; `target/bench/results.json`, `results.csv` and
+//! (`cargo xtask bench [target...] [--quick]` runs exactly this, after building the example
+//! plugin the plugin target loads.) With no target, all four run. The table goes to the
+//! terminal; `target/bench/results.json`, `results.csv` and
 //! `results.md` (the README table) get the same rows. The Redis target uses
 //! `CACHIER_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`), writes under a namespace of its
 //! own and deletes everything it wrote.
@@ -21,6 +22,7 @@
 mod file;
 mod harness;
 mod memory;
+mod plugin;
 mod redis;
 mod report;
 mod suite;
@@ -33,7 +35,7 @@ use crate::harness::Plan;
 use crate::report::Report;
 use crate::suite::Ctx;
 
-const TARGETS: [&str; 3] = ["memory", "file", "redis"];
+const TARGETS: [&str; 4] = ["memory", "file", "redis", "plugin"];
 
 fn usage() -> String {
     format!(
@@ -128,6 +130,7 @@ fn main() -> ExitCode {
                 "memory" => memory::run(&ctx, &mut report).await,
                 "file" => file::run(&ctx, &mut report).await,
                 "redis" => redis::run(&ctx, &mut report).await,
+                "plugin" => plugin::run(&ctx, &mut report).await,
                 other => Err(format!("no such target {other}")),
             }
         });

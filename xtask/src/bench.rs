@@ -1,6 +1,8 @@
 //! `cargo xtask bench [TARGET...] [--quick]`: runs the benchmark package (`bench/`) in release
 //! mode. When the Redis target is selected, Redis is found or started like for the tests and its
-//! URL handed over in `CACHIER_TEST_REDIS_URL`; a throwaway server is stopped afterwards.
+//! URL handed over in `CACHIER_TEST_REDIS_URL`; a throwaway server is stopped afterwards. When
+//! the plugin target is selected, the example plugin is built in release mode first and its
+//! directory handed over in `CACHIER_BENCH_PLUGIN_DIR`.
 
 use crate::services::{self, Policy, ServiceKind};
 use crate::workspace;
@@ -8,6 +10,12 @@ use crate::workspace;
 /// Runs the benchmarks; `Ok(true)` when they ran and passed their own checks.
 pub fn bench(args: &[String]) -> Result<bool, String> {
     let targets: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let wants_plugin = targets.is_empty() || targets.iter().any(|t| t.as_str() == "plugin");
+    let plugin = if wants_plugin {
+        Some(crate::plugin::build_bench_library()?)
+    } else {
+        None
+    };
     let wants_redis = targets.is_empty() || targets.iter().any(|t| t.as_str() == "redis");
     let redis = if wants_redis {
         let policy = Policy { may_start: true };
@@ -18,6 +26,9 @@ pub fn bench(args: &[String]) -> Result<bool, String> {
     let mut cargo = workspace::cargo();
     cargo.args(["run", "--release", "--package", "cachier-bench", "--"]);
     cargo.args(args);
+    if let Some((name, dir)) = &plugin {
+        cargo.env(name, dir);
+    }
     if let Some(redis) = &redis {
         println!("{}", redis.describe());
         cargo.env(ServiceKind::Redis.env_var(), &redis.url);

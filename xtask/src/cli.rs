@@ -18,7 +18,7 @@ commands:
   setup-mongo             install the nx-27017 MongoDB wire server into target/xtask/nx-venv
   bench [TARGET...] [--quick]
                           benchmarks against the raw client operations (targets: memory file
-                          redis; default all); tables in target/bench/results.{json,csv,md}
+                          redis plugin; default all); tables in target/bench/results.{json,csv,md}
   help                    this text
 
 test options:

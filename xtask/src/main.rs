@@ -11,6 +11,7 @@
 //! - [`runner`]: running a target's tests with cargo-nextest (or `cargo test`) and reading the
 //!   counts back;
 //! - [`leftovers`]: checking that no test namespace survived the run;
+//! - [`plugin`]: building the plugin libraries the `plugin` target's tests load;
 //! - [`matrix`]: `cargo xtask test`, tying these together and printing the table;
 //! - [`ci`]: `cargo xtask ci`;
 //! - [`bench`](mod@bench): `cargo xtask bench`, which runs the `cachier-bench` package in release mode.
@@ -21,6 +22,7 @@ mod cli;
 mod interrupt;
 mod leftovers;
 mod matrix;
+mod plugin;
 mod process;
 mod runner;
 mod services;

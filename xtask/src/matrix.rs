@@ -209,6 +209,19 @@ pub fn run(
         );
         false
     });
+    // The plugin tests load libraries only `cargo build` makes ([`crate::plugin`]).
+    if let Some(at) = runnable.iter().position(|(_, t)| t.name == "plugin") {
+        match crate::plugin::build_test_libraries() {
+            Ok((env, took)) => {
+                println!("== plugin libraries built in {}", secs(took));
+                envs.push(env);
+            }
+            Err(e) => {
+                let (i, target) = runnable.remove(at);
+                rows.insert(i, Row::new(target.name, Status::Broken(e)));
+            }
+        }
+    }
 
     let service_refs: Vec<&Service> = services.iter().collect();
     let before = Snapshot::take(&service_refs, &local);
