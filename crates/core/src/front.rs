@@ -479,6 +479,10 @@ impl Function {
     }
 }
 
+/// The first and the longest pause between two claims of a caller whose wait returned at once.
+const SPIN_PAUSE_MIN: Duration = Duration::from_millis(2);
+const SPIN_PAUSE_MAX: Duration = Duration::from_millis(100);
+
 /// What a stored entry is worth to a call.
 enum Usable<T> {
     Fresh(T),
@@ -621,6 +625,7 @@ impl Function {
             .wait_for_calc_timeout
             .map(|t| tokio::time::Instant::now() + t);
         let mut waited = false;
+        let mut spin_pause = SPIN_PAUSE_MIN;
         loop {
             let until = match self.seen(core.claim(&key, lease).await) {
                 Err(err) => {
@@ -662,6 +667,7 @@ impl Function {
                 }
                 chunk = chunk.min(left);
             }
+            let waited_from = tokio::time::Instant::now();
             match self.seen(core.wait(&key, chunk).await) {
                 Err(err) => {
                     self.backend_error("wait", &key, err)?;
@@ -673,6 +679,13 @@ impl Function {
                         return Ok(Ok(value));
                     }
                 }
+            }
+            // A claim refused again and again with a wait that returns at once (a holder that
+            // keeps failing, or a backend that misreports its claims) must not spin: pause,
+            // longer each time, before claiming again.
+            if waited_from.elapsed() < SPIN_PAUSE_MIN {
+                tokio::time::sleep(spin_pause).await;
+                spin_pause = (spin_pause * 2).min(SPIN_PAUSE_MAX);
             }
         }
     }

@@ -42,7 +42,11 @@ pub async fn zero_stale_after_never_serves(h: &Harness) -> Outcome {
     let runs = counter();
     for i in 0..5 {
         let got = call(&f, CallOptions::default(), &runs).await;
-        assert_eq!(got, format!("computed {i}"), "call {i} was served from the cache");
+        assert_eq!(
+            got,
+            format!("computed {i}"),
+            "call {i} was served from the cache"
+        );
     }
     let stats = f.stats();
     assert_eq!((stats.hits, stats.computations), (0, 5), "{stats:?}");
@@ -130,7 +134,10 @@ pub async fn next_time_respects_call_max_age(h: &Harness) -> Outcome {
             .is_some_and(|e| e.stored_at.elapsed() < age && !e.is_claimed())
     })
     .await;
-    assert!(refreshed, "the stale value was not refreshed in the background");
+    assert!(
+        refreshed,
+        "the stale value was not refreshed in the background"
+    );
 
     // Older than the call's max_age: computed now, never served stale.
     store_aged(&s, &f, age).await;
@@ -165,7 +172,11 @@ pub async fn next_time_respects_call_max_age(h: &Harness) -> Outcome {
         "refreshed",
         "a call with max_age did not wait for the running refresh"
     );
-    assert_eq!(runs.load(SeqCst), runs_before, "computed beside the refresh");
+    assert_eq!(
+        runs.load(SeqCst),
+        runs_before,
+        "computed beside the refresh"
+    );
     refresher.await.expect("refresher");
     Outcome::Passed
 }

@@ -55,8 +55,10 @@ impl Switchable {
             self.probes_now.fetch_sub(1, SeqCst);
         }
         if down {
-            return Err(Error::unavailable("connection refused (switched off by the check)")
-                .with_backend(self.inner.name()));
+            return Err(
+                Error::unavailable("connection refused (switched off by the check)")
+                    .with_backend(self.inner.name()),
+            );
         }
         Ok(())
     }
@@ -117,7 +119,9 @@ impl Core for Switchable {
         stored_before: Timestamp,
     ) -> Result<u64> {
         self.gate(None).await?;
-        self.inner.delete_stale(namespace, func, stored_before).await
+        self.inner
+            .delete_stale(namespace, func, stored_before)
+            .await
     }
     async fn clear_namespace(&self, namespace: &Namespace) -> Result<u64> {
         // Cleanup of the check's namespace: never switched off.
@@ -181,14 +185,21 @@ pub async fn outage_skips_an_unavailable_backend(h: &Harness) -> Outcome {
         .await
         .expect_err("a strict call during an outage succeeded");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
-    let err = f.clear().await.expect_err("clear during an outage succeeded");
+    let err = f
+        .clear()
+        .await
+        .expect_err("clear during an outage succeeded");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert_eq!(
         switch.calls.load(SeqCst) - reached,
         0,
         "calls during an open outage still reached the backend"
     );
-    assert_eq!(f.stats().bypassed - bypassed, 20, "skipped calls not counted");
+    assert_eq!(
+        f.stats().bypassed - bypassed,
+        20,
+        "skipped calls not counted"
+    );
 
     // A few probes have run by now, never two at once.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -200,7 +211,10 @@ pub async fn outage_skips_an_unavailable_backend(h: &Harness) -> Outcome {
         !cache.is_backend_unavailable()
     })
     .await;
-    assert!(back, "the backend answers again but is still skipped after 10 s");
+    assert!(
+        back,
+        "the backend answers again but is still skipped after 10 s"
+    );
     assert_eq!(
         call(&f, &runs).await.expect("call"),
         "computed 0",
@@ -234,7 +248,9 @@ pub async fn outage_private_server_stopped_mid_run(h: &Harness) -> Outcome {
     outage.stop().await;
     let started = Instant::now();
     assert_eq!(
-        call(&f, &runs).await.expect("the first call during the outage"),
+        call(&f, &runs)
+            .await
+            .expect("the first call during the outage"),
         "computed 1"
     );
     let first = started.elapsed();
@@ -249,7 +265,10 @@ pub async fn outage_private_server_stopped_mid_run(h: &Harness) -> Outcome {
     let mut costs = Vec::new();
     for i in 2..52 {
         let started = Instant::now();
-        assert_eq!(call(&f, &runs).await.expect("call"), format!("computed {i}"));
+        assert_eq!(
+            call(&f, &runs).await.expect("call"),
+            format!("computed {i}")
+        );
         costs.push(started.elapsed());
     }
     costs.sort();
@@ -272,13 +291,19 @@ pub async fn outage_private_server_stopped_mid_run(h: &Harness) -> Outcome {
     })
     .await;
     let recovery = started.elapsed();
-    assert!(back, "the server is back but calls still skip it after 20 s");
+    assert!(
+        back,
+        "the server is back but calls still skip it after 20 s"
+    );
     // The cache works again: a value computed now is served by the next call (the private
     // server may have lost what it held before the outage).
     let n = runs.load(SeqCst);
     let stored = call(&f, &runs).await.expect("call after the outage");
     assert_eq!(call(&f, &runs).await.expect("call"), stored);
-    assert!(runs.load(SeqCst) <= n + 1, "the cache is not used after the outage");
+    assert!(
+        runs.load(SeqCst) <= n + 1,
+        "the cache is not used after the outage"
+    );
 
     let line = format!(
         "conformance: outage on {}: first failing call {:.1} ms; then per call median {} µs, \
