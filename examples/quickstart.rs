@@ -9,13 +9,23 @@
 //! `$CACHIER_DIR` (default: `$XDG_CACHE_HOME/cachier` or `~/.cache/cachier`), namespace
 //! `quickstart`; `cargo run --example quickstart -- --clear` forgets them.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use cachier_core::{Cachier, Core, func_id};
+use cachier_core::{Cachier, cachier};
 use cachier_file::{Config, FileCore};
 
-/// The expensive function: a second of "work", then a sum of squares.
+/// The cache, opened by `main` (so a cache directory that cannot be made is an error message).
+static CACHE: OnceLock<Cachier> = OnceLock::new();
+
+fn cache() -> &'static Cachier {
+    CACHE
+        .get()
+        .expect("main opens the cache before the first call")
+}
+
+/// The expensive function: a second of "work", then a sum of squares. One line caches it.
+#[cachier(cache = cache(), stale_after = "24h")]
 async fn slow_sum_of_squares(n: u64) -> u64 {
     tokio::time::sleep(Duration::from_secs(1)).await;
     (1..=n).map(|i| i * i).sum()
@@ -30,25 +40,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let config = Config::from_env()?;
     println!("cache directory: {}", config.dir().display());
-    let core: Arc<dyn Core> = Arc::new(FileCore::open(config)?);
-    let cache = Cachier::builder(core)
-        .namespace("quickstart")?
-        .stale_after(Duration::from_secs(24 * 3600))
-        .build();
-    let sum = cache.function(func_id!("slow_sum_of_squares"));
+    let core = Arc::new(FileCore::open(config)?);
+    let _ = CACHE.set(Cachier::builder(core).namespace("quickstart")?.build());
 
+    // The companion `slow_sum_of_squares_cache()` is the function's handle: stats, clear, ...
+    let handle = slow_sum_of_squares_cache();
     if std::env::args().any(|a| a == "--clear") {
-        println!("cleared {} cached value(s)", sum.clear().await?);
+        println!("cleared {} cached value(s)", handle.clear().await?);
         return Ok(());
     }
 
     let n = 1000u64;
     for round in 1..=2 {
-        let hits_before = sum.stats().hits;
+        let hits_before = handle.stats().hits;
         let started = Instant::now();
-        let value = sum.call(&n, move || slow_sum_of_squares(n)).await?;
+        let value = slow_sum_of_squares(n).await;
         let took = started.elapsed();
-        let how = if sum.stats().hits > hits_before {
+        let how = if handle.stats().hits > hits_before {
             "hit: served from the cache"
         } else {
             "miss: computed and stored"

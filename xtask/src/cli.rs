@@ -9,8 +9,8 @@ usage: cargo xtask <command> [options]
 
 commands:
   test [TARGET...]        run test suites against real services (default: all)
-                          targets: core memory file sql sql:sqlite sql:postgres sql:mysql
-                                   redis mongo plugin xtask all
+                          targets: core macros memory file sql sql:sqlite sql:postgres
+                                   sql:mysql redis mongo plugin xtask all
   ci                      fmt check, clippy -D warnings, the whole matrix, doc tests,
                           leftover check (what .ci/run runs)
   services [SERVICE...]   find or start services (redis postgres mysql mongo; default all)

@@ -79,6 +79,15 @@ pub const TARGETS: &[Target] = &[
         services: &[],
     },
     Target {
+        name: "macros",
+        package: "cachier-macros",
+        dir: "crates/macros",
+        features: &[],
+        filter: None,
+        cargo_test_args: &[],
+        services: &[],
+    },
+    Target {
         name: "memory",
         package: "cachier-memory",
         dir: "crates/backend-memory",
@@ -168,6 +177,7 @@ const GROUPS: &[(&str, &[&str])] = &[
         "all",
         &[
             "core",
+            "macros",
             "memory",
             "file",
             "sql:sqlite",

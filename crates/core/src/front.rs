@@ -34,6 +34,8 @@ use crate::none::is_none;
 use crate::settings::{CallOptions, Settings, caching_enabled};
 use crate::stats::{Counters, Stats};
 
+pub(crate) mod attribute;
+
 /// A cache: a backend ([`Core`]), a [`Namespace`] and default [`Settings`].
 ///
 /// Cheap to clone; clones share the backend, the settings, the on/off switch and the metrics.
@@ -248,6 +250,11 @@ pub struct Function {
 
 /// What the compute step produced, for the shared call path.
 type Computed<T, E> = std::result::Result<T, E>;
+
+/// How `next_time` refreshes a stale value after the call has returned: given the key and the
+/// compute step, start the refresh in the background. A call whose compute step borrows from
+/// its caller has none; a stale value is then recomputed in the call (see `front/attribute.rs`).
+type Refresh<F> = fn(&Function, Key, F);
 
 impl Function {
     /// Overrides settings of this handle only (other handles of the same id keep theirs).
@@ -517,31 +524,51 @@ impl Function {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Computed<T, E>> + Send + 'static,
     {
+        let refresh: Refresh<F> = Function::refresh_in_background::<T, E, F, Fut>;
+        self.run_keyed(opts, self.key(args), compute, Some(refresh))
+            .await
+    }
+
+    /// [`Function::run`] with the key already made, for compute steps that need not be
+    /// `'static`; `refresh` is `None` for one that cannot outlive the call.
+    async fn run_keyed<T, E, F, Fut>(
+        &self,
+        opts: CallOptions,
+        key: Result<Key>,
+        compute: F,
+        refresh: Option<Refresh<F>>,
+    ) -> Result<Computed<T, E>>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: Send + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Computed<T, E>>,
+    {
         let started = Instant::now();
-        let out = self.run_uninstrumented(opts, args, compute).await;
+        let out = self.run_uninstrumented(opts, key, compute, refresh).await;
         self.counters.record_latency(started.elapsed());
         out
     }
 
-    async fn run_uninstrumented<A, T, E, F, Fut>(
+    async fn run_uninstrumented<T, E, F, Fut>(
         &self,
         opts: CallOptions,
-        args: &A,
+        key: Result<Key>,
         compute: F,
+        refresh: Option<Refresh<F>>,
     ) -> Result<Computed<T, E>>
     where
-        A: Serialize + ?Sized,
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
         E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Computed<T, E>> + Send + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Computed<T, E>>,
     {
         if opts.skip_cache || !self.cache.is_enabled() {
             Counters::bump(&self.counters.bypassed);
             Counters::bump(&self.counters.computations);
             return Ok(compute().await);
         }
-        let key = match self.key(args) {
+        let key = match key {
             Ok(key) => key,
             Err(err) if self.settings.strict => return Err(err),
             Err(err) => {
@@ -591,10 +618,12 @@ impl Function {
                         Counters::bump(&self.counters.hits);
                         return Ok(Ok(value));
                     }
-                    Usable::Stale(value) if self.settings.next_time => {
+                    Usable::Stale(value) if self.settings.next_time && refresh.is_some() => {
                         Counters::bump(&self.counters.stale_hits);
-                        if !entry.as_ref().is_some_and(Entry::is_claimed) {
-                            self.refresh_in_background(key, compute);
+                        if let Some(refresh) = refresh
+                            && !entry.as_ref().is_some_and(Entry::is_claimed)
+                        {
+                            refresh(self, key, compute);
                         }
                         return Ok(Ok(value));
                     }
@@ -615,8 +644,8 @@ impl Function {
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
         E: Send + 'static,
-        F: FnOnce() -> Fut + Send + 'static,
-        Fut: Future<Output = Computed<T, E>> + Send + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Computed<T, E>>,
     {
         let core = &self.cache.inner.core;
         let lease = self.settings.lease;

@@ -1,0 +1,14 @@
+#![allow(dead_code)]
+
+use std::sync::LazyLock;
+
+use cachier_core::{Cachier, cachier};
+
+static CACHE: LazyLock<Cachier> = LazyLock::new(|| unreachable!("never called"));
+
+#[cachier(cache = CACHE, entry_size_limit = "10XB")]
+async fn rate(currency: &str) -> f64 {
+    currency.len() as f64
+}
+
+fn main() {}

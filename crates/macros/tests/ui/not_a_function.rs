@@ -1,0 +1,12 @@
+#![allow(dead_code)]
+
+use std::sync::LazyLock;
+
+use cachier_core::{Cachier, cachier};
+
+static CACHE: LazyLock<Cachier> = LazyLock::new(|| unreachable!("never called"));
+
+#[cachier(cache = CACHE)]
+struct Rates;
+
+fn main() {}

@@ -1,0 +1,16 @@
+#![allow(dead_code)]
+
+use std::sync::LazyLock;
+
+use cachier_core::{Cachier, cachier};
+
+static CACHE: LazyLock<Cachier> = LazyLock::new(|| unreachable!("never called"));
+
+struct Rate(f64);
+
+#[cachier(cache = CACHE)]
+async fn rate(currency: &str) -> Rate {
+    Rate(currency.len() as f64)
+}
+
+fn main() {}
