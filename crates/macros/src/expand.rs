@@ -87,13 +87,14 @@ fn generate(item: &ItemFn, args: &Args) -> syn::Result<TokenStream> {
         (false, true) => "call_blocking_detached",
     };
     let call = Ident::new(call, output.span());
+    let await_ = f.is_async.then(|| quote_spanned!(output.span()=> .await));
     let call = quote_spanned! {output.span()=>
         ::cachier_core::__private::#call(__cachier_handle, __cachier_key, __cachier_compute)
+            #await_
     };
-    let await_ = f.is_async.then(|| quote!(.await));
     let finish = if f.fallible {
         quote! {
-            match #call #await_ {
+            match #call {
                 ::core::result::Result::Ok(__cachier_result) => __cachier_result,
                 ::core::result::Result::Err(__cachier_error) => {
                     use ::cachier_core::__private::{CarryByFrom as _, CarryNot as _};
@@ -108,7 +109,7 @@ fn generate(item: &ItemFn, args: &Args) -> syn::Result<TokenStream> {
         }
     } else {
         quote! {
-            match #call #await_ {
+            match #call {
                 ::core::result::Result::Ok(::core::result::Result::Ok(__cachier_value)) => {
                     __cachier_value
                 }

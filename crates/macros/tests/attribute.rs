@@ -653,17 +653,19 @@ macro_rules! suite {
             async fn fetch(x: u64) -> Result<u64, FetchError> {
                 RUNS.fetch_add(1, SeqCst);
                 if x == 0 {
-                    Err(FetchError::NotFound)
-                } else {
-                    Ok(x)
+                    return Err(FetchError::NotFound);
                 }
+                Ok(x)
             }
 
             #[cachier(cache = support::cache(module_path!()))]
             fn read_number(text: &str) -> std::io::Result<u64> {
-                text.parse().map_err(|_| {
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, "not a number")
-                })
+                let bad = |_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not a number");
+                let number: u64 = text.parse().map_err(bad)?; // `?` and `return` leave the body
+                if number == 0 {
+                    return Ok(0);
+                }
+                Ok(number)
             }
 
             #[cachier(cache = support::strict_cache(module_path!()), entry_size_limit = 64)]

@@ -110,3 +110,77 @@ fn the_cache_settings_carry_over_but_next_time() {
     assert!(settings.allow_none);
     assert_eq!(settings.stale_after, Some(Duration::from_secs(60)));
 }
+
+#[cachier(cache = CACHE, stale_after = "1m", next_time)]
+async fn refreshed(name: &str) -> String {
+    name.to_uppercase()
+}
+
+struct Client {
+    base: String,
+}
+
+impl Client {
+    #[cachier(cache = CACHE, ignore(self))]
+    async fn get(&self, path: &str) -> Result<String, String> {
+        Ok(format!("{}{path}", self.base))
+    }
+}
+
+/// The generated futures are `Send` where the body's is, so they can be spawned.
+#[test]
+fn generated_futures_are_send() {
+    fn spawnable<F: std::future::Future + Send>(_: F) {}
+    let client = Client {
+        base: "https://".into(),
+    };
+    spawnable(inherits(1));
+    spawnable(refreshed("a"));
+    spawnable(client.get("x"));
+}
+
+#[derive(Clone)]
+struct Shared {
+    prefix: String,
+}
+
+impl Shared {
+    #[cachier(cache = CACHE, stale_after = "1m", next_time, ignore(self))]
+    fn into_len(self, extra: &[u8]) -> usize {
+        self.prefix.len() + extra.len()
+    }
+
+    #[cachier(cache = CACHE, stale_after = "1m", next_time, ignore(self))]
+    async fn in_arc(self: Arc<Self>, word: String) -> String {
+        format!("{}{word}", self.prefix)
+    }
+
+    #[cachier(cache = CACHE, stale_after = "1m", next_time, ignore(self))]
+    async fn describe<T>(&self, value: T) -> String
+    where
+        T: Serialize + std::fmt::Debug + Clone + Send + Sync + 'static,
+    {
+        format!("{}{value:?}", self.prefix)
+    }
+}
+
+/// Under `next_time` a method's body runs on a copy of `self`, whatever the receiver.
+#[test]
+fn next_time_takes_any_copyable_receiver() {
+    let shared = Shared {
+        prefix: "> ".into(),
+    };
+    assert_eq!(shared.clone().into_len(b"ab"), 4);
+    cachier_core::block_on(async {
+        assert_eq!(Arc::new(shared.clone()).in_arc("x".into()).await, "> x");
+        assert_eq!(shared.describe(7u8).await, "> 7");
+        assert_eq!(shared.describe(7u8).await, "> 7");
+    });
+    assert_eq!(Shared::describe_cache::<u8>().stats().hits, 1);
+    assert!(
+        Shared::describe_cache::<u8>()
+            .id()
+            .as_str()
+            .ends_with("::describe<u8>")
+    );
+}
