@@ -540,7 +540,6 @@ impl Function {
     ) -> Result<Computed<T, E>>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
-        E: Send + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Computed<T, E>>,
     {
@@ -559,7 +558,6 @@ impl Function {
     ) -> Result<Computed<T, E>>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
-        E: Send + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Computed<T, E>>,
     {
@@ -643,7 +641,6 @@ impl Function {
     ) -> Result<Computed<T, E>>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
-        E: Send + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Computed<T, E>>,
     {

@@ -6,7 +6,12 @@
 //! ```text
 //! async fn rate(currency: &str) -> Result<f64, E> {
 //!     let __cachier_handle: &'static Function = { static handle, made once from CACHE };
-//!     let __cachier_key = __cachier_handle.key(key_arg(&currency));      // borrows, then ends
+//!     let __cachier_key = {                 // borrows the arguments, then the borrow ends
+//!         fn __cachier_key<P0: KeyPart + ?Sized>(handle: &Function, p0: &P0) -> Result<Key> {
+//!             handle.key(p0.part())         // a part that is not Serialize: one error, here
+//!         }
+//!         __cachier_key(__cachier_handle, &currency)
+//!     };
 //!     let __cachier_compute = move || async move {
 //!         let currency: &str = currency;                                  // the user's pattern
 //!         let __cachier_ret: Result<f64, E> = { body };  __cachier_ret

@@ -668,6 +668,11 @@ macro_rules! suite {
                 Ok(number)
             }
 
+            #[cachier(cache = support::cache(module_path!()))]
+            fn parse_boxed(text: &str) -> Result<u64, Box<dyn std::error::Error>> {
+                Ok(text.parse()?)
+            }
+
             #[cachier(cache = support::strict_cache(module_path!()), entry_size_limit = 64)]
             async fn strict_blob(len: usize) -> Result<Vec<u8>, FetchError> {
                 Ok(vec![1; len])
@@ -698,6 +703,11 @@ macro_rules! suite {
                 assert_eq!(read_number("12").ok(), Some(12));
                 assert_eq!(read_number("12").ok(), Some(12));
                 assert_eq!(read_number_cache().stats().computations, 3);
+
+                assert!(parse_boxed("x").is_err());
+                assert_eq!(parse_boxed("7").ok(), Some(7));
+                assert_eq!(parse_boxed("7").ok(), Some(7));
+                assert_eq!(parse_boxed_cache().stats().computations, 2);
 
                 assert!(strict_blob_cache().settings().strict);
                 assert_eq!(strict_blob(2).await, Ok(vec![1, 1]));

@@ -38,7 +38,6 @@ pub async fn call<T, E, F, Fut>(
 ) -> Result<Computed<T, E>>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
-    E: Send + 'static,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Computed<T, E>>,
 {
@@ -80,7 +79,6 @@ where
 pub fn call_blocking<T, E, F>(f: &Function, key: Result<Key>, compute: F) -> Result<Computed<T, E>>
 where
     T: Serialize + DeserializeOwned + Send + Sync + 'static,
-    E: Send + 'static,
     F: FnOnce() -> Computed<T, E>,
 {
     let Some(blocking) = Blocking::here(f) else {
