@@ -230,3 +230,43 @@ impl<T: Clone> RefreshCopy for T {}
 pub trait RefreshOwn: ToOwned {}
 
 impl<T: ToOwned + ?Sized> RefreshOwn for T {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_composed_in_order() {
+        let id = func_id(
+            Some("app::rates"),
+            "rate",
+            &["u32", "alloc::string::String"],
+            Some("2"),
+            Some("00ff"),
+        );
+        assert_eq!(
+            id.as_str(),
+            "app::rates::rate<u32, alloc::string::String>@2#00ff"
+        );
+        assert_eq!(
+            func_id(None, "billing::total", &[], None, None).as_str(),
+            "billing::total"
+        );
+    }
+
+    #[test]
+    fn long_ids_keep_their_beginning_and_end_in_a_hash_of_the_whole() {
+        let long = "x".repeat(300);
+        let a = func_id(Some("app"), "f", &[&long], Some("7"), Some("abcd"));
+        let b = func_id(
+            Some("app"),
+            "f",
+            &[&format!("{long}y")],
+            Some("7"),
+            Some("abcd"),
+        );
+        assert!(a.as_str().len() <= MAX_FUNC_ID_LEN, "{}", a.as_str().len());
+        assert!(a.as_str().starts_with("app::f<xxx") && a.as_str().ends_with("@7#abcd"));
+        assert_ne!(a, b, "the hash tells long ids apart");
+    }
+}
