@@ -13,8 +13,9 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 ///
 /// Built from a URL ([`Config::from_url`]) or from a `redis::Client` the application already has
 /// ([`Config::from_client`]), then tuned with the `with_*` methods. Every timeout is set on
-/// purpose: the `redis` crate's own defaults (1 s to connect, 500 ms per response) make loaded
-/// machines fail at random, and no timeout at all would let a hung server hang the caller.
+/// purpose (see [Timeouts and outages](crate#timeouts-and-outages)): short enough that a call to
+/// a server that is down or hung fails within about a second, so the front end computes
+/// instead; long enough for a loaded machine on a local network.
 ///
 /// ```
 /// use std::time::Duration;
@@ -22,6 +23,10 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 ///
 /// let config = Config::from_url("redis://:secret@cache.internal:6380/2")?
 ///     .with_response_timeout(Duration::from_secs(2));
+/// assert_eq!(config.response_timeout(), Duration::from_secs(2));
+///
+/// // The same from the URL, e.g. in `CACHIER_REDIS_URL`:
+/// let config = Config::from_url("redis://cache.internal/2?response_timeout_ms=2000")?;
 /// assert_eq!(config.response_timeout(), Duration::from_secs(2));
 /// assert!(Config::from_url("http://cache.internal").is_err());
 /// # Ok::<(), cachier_core::Error>(())
@@ -37,14 +42,18 @@ pub struct Config {
 }
 
 impl Config {
-    /// Default time allowed to open a connection (TCP, TLS, `AUTH`, `SELECT`).
-    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-    /// Default time allowed for one reply. Generous enough for values of many megabytes on a
-    /// loaded machine, short enough that a hung server fails the call instead of hanging it.
-    pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-    /// Default number of extra connection attempts after a connection is lost, before a call
-    /// fails (the next call starts over). Small, so a server that is down fails calls quickly.
-    pub const DEFAULT_RECONNECT_ATTEMPTS: usize = 2;
+    /// Default time allowed to open a connection (TCP, TLS, `AUTH`, `SELECT`): what a call
+    /// costs at most when the server's host does not answer at all.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Default time allowed for one reply: what a call costs at most when the server accepts
+    /// the command but does not answer (hung, or frozen). A value of many megabytes travels
+    /// well within it on a local network; raise it for larger values or slow links.
+    pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Default number of extra connection attempts (with a short backoff) a call makes before it
+    /// fails. None: the next call tries again, and a call whose connection attempt was refused
+    /// tries once more at once, so a server that is back is used at once while one that is down
+    /// costs its callers about a millisecond.
+    pub const DEFAULT_RECONNECT_ATTEMPTS: usize = 0;
     /// Default `COUNT` hint for `SCAN`.
     pub const DEFAULT_SCAN_COUNT: usize = 1000;
     /// Default longest pause of [`Core::wait`](cachier_core::Core::wait) between two reads
@@ -53,6 +62,9 @@ impl Config {
 
     /// Parses a `redis://`, `rediss://` (TLS, rustls with the system's root certificates),
     /// `redis+unix://` or `unix://` URL: `redis://[user][:password@]host[:port][/db]`.
+    ///
+    /// The query parameters `connect_timeout_ms` and `response_timeout_ms` (whole milliseconds)
+    /// set [`Config::with_connect_timeout`] and [`Config::with_response_timeout`].
     ///
     /// The URL is never echoed in errors, since it may hold a password.
     pub fn from_url(url: &str) -> Result<Self> {
@@ -70,7 +82,14 @@ impl Config {
             // The redis crate's message names the problem without repeating the URL.
             Error::config(format!("invalid Redis URL: {e}")).with_backend("redis")
         })?;
-        Ok(Self::from_client(client))
+        let mut config = Self::from_client(client);
+        if let Some(timeout) = query_millis(url, "connect_timeout_ms")? {
+            config.connect_timeout = timeout;
+        }
+        if let Some(timeout) = query_millis(url, "response_timeout_ms")? {
+            config.response_timeout = timeout;
+        }
+        Ok(config)
     }
 
     /// The URL in `CACHIER_REDIS_URL`, else [`DEFAULT_URL`].
@@ -186,6 +205,29 @@ impl fmt::Debug for Config {
     }
 }
 
+/// The value of the query parameter `name` of `url`, in whole milliseconds (the `redis` crate
+/// ignores parameters it does not know). Refuses a value that is not a positive integer.
+fn query_millis(url: &str, name: &str) -> Result<Option<Duration>> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(None);
+    };
+    let query = query.split('#').next().unwrap_or_default();
+    let Some(value) = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find_map(|(key, value)| (key == name).then_some(value))
+    else {
+        return Ok(None);
+    };
+    match value.parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms))),
+        _ => Err(Error::config(format!(
+            "invalid Redis URL: {name} must be a positive number of milliseconds, not {value:?}"
+        ))
+        .with_backend("redis")),
+    }
+}
+
 /// rustls needs a process-wide crypto provider when more than one could be compiled in (other
 /// crates of an application may enable another). Installs `ring` unless one is installed.
 fn install_tls_provider() {
@@ -221,5 +263,30 @@ mod tests {
         }
         let err = Config::from_url("redis://:hunter2@x/notanumber").unwrap_err();
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn timeouts_have_deliberate_defaults_and_come_from_the_url() {
+        let config = Config::from_url("redis://127.0.0.1:6379").unwrap();
+        assert_eq!(config.connect_timeout(), Duration::from_secs(1));
+        assert_eq!(config.response_timeout(), Duration::from_secs(1));
+        assert_eq!(config.reconnect_attempts(), 0);
+
+        let config = Config::from_url(
+            "redis://:pw@127.0.0.1:6379/2?connect_timeout_ms=250&response_timeout_ms=3000",
+        )
+        .unwrap();
+        assert_eq!(config.connect_timeout(), Duration::from_millis(250));
+        assert_eq!(config.response_timeout(), Duration::from_secs(3));
+        assert_eq!(
+            config.client().get_connection_info().redis_settings().db(),
+            2
+        );
+        for bad in ["0", "-5", "1s", ""] {
+            let url = format!("redis://:hunter2@x/0?response_timeout_ms={bad}");
+            let err = Config::from_url(&url).unwrap_err();
+            assert_eq!(err.kind(), cachier_core::ErrorKind::Config, "{bad:?}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
     }
 }

@@ -9,11 +9,11 @@ use cachier_core::{
     Capabilities, Claim, ClaimToken, Core, Entry, Error, ErrorKind, FuncId, Key, Namespace, Result,
     Timestamp,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, Script, ServerErrorKind};
 use tracing::warn;
 
 use crate::config::Config;
+use crate::connection::Connection;
 use crate::layout;
 use crate::wakeup::{Timeouts, Wakeups};
 
@@ -86,7 +86,7 @@ return 0
 /// Cheap to share as `Arc<dyn Core>`; all calls go through one multiplexed connection that
 /// reconnects by itself, plus one pub/sub connection opened by the first [`Core::wait`].
 pub struct RedisCore {
-    connection: ConnectionManager,
+    connection: Connection,
     config: Config,
     wakeups: Wakeups,
     claim_script: Script,
@@ -120,15 +120,7 @@ impl RedisCore {
     ///
     /// Outside a Tokio runtime.
     pub fn connect_lazy(config: Config) -> Result<Self> {
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(config.connect_timeout()))
-            .set_response_timeout(Some(config.response_timeout()))
-            .set_number_of_retries(config.reconnect_attempts())
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1));
-        let connection =
-            ConnectionManager::new_lazy_with_config(config.client().clone(), manager_config)
-                .map_err(|e| redis_error("connect", e))?;
+        let connection = Connection::lazy(&config).map_err(|e| redis_error("connect", e))?;
         let wakeups = Wakeups::new(
             config.client().clone(),
             Timeouts {
@@ -159,7 +151,7 @@ impl RedisCore {
             .to_string()
     }
 
-    fn connection(&self) -> ConnectionManager {
+    fn connection(&self) -> Connection {
         self.connection.clone()
     }
 

@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cachier_core::conformance::Outage;
 use cachier_core::{Bytes, Cachier, Claim, Core, ErrorKind, Namespace, Timestamp};
 use cachier_redis::{Config, RedisCore};
-use common::{PrivateServer, admin, free_port, func_id, unique_namespace};
+use common::{OutageServer, PrivateServer, admin, free_port, func_id, unique_namespace};
 
 fn key(ns: &Namespace, arg: u64) -> cachier_core::Key {
     cachier_core::Key::for_args(ns, &func_id("f"), &arg).expect("a u64 hashes")
@@ -247,6 +248,129 @@ async fn a_server_that_is_down_fails_calls_fast_and_the_front_end_computes() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+}
+
+/// The outage hooks of the conformance suite, end to end: a core on the private server fails
+/// fast as `Unavailable` once it is stopped (so does connecting to the closed port), and works
+/// again by itself once it is started. Prints what the failing calls cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_fails_fast_then_the_core_recovers() {
+    let server = OutageServer::start();
+    let core = server.core().await;
+    let ns = unique_namespace("outage");
+    let k = key(&ns, 1);
+    core.set(&k, Bytes::from_static(b"before"), Timestamp::now())
+        .await
+        .unwrap();
+    assert!(core.get(&k).await.unwrap().is_some());
+
+    server.stop().await;
+    let started = Instant::now();
+    let first = core.get(&k).await;
+    let first_get = started.elapsed();
+    let started = Instant::now();
+    let second = core.get(&k).await;
+    let second_get = started.elapsed();
+    let started = Instant::now();
+    let f = func_id("f");
+    let maintenance = [
+        core.remove(&k).await.map(drop),
+        core.clear(&ns, &f).await.map(drop),
+        core.clear_claims(&ns, &f).await.map(drop),
+        core.delete_stale(&ns, &f, Timestamp::now()).await.map(drop),
+        core.clear_namespace(&ns).await.map(drop),
+    ];
+    let five_maintenance = started.elapsed();
+    let started = Instant::now();
+    let opened = RedisCore::connect(Config::from_url(server.url()).unwrap()).await;
+    let open = started.elapsed();
+    println!(
+        "outage costs ({}): first get after stop {first_get:?}, next get {second_get:?}, \
+         5 maintenance calls {five_maintenance:?}, opening a core on the closed port {open:?}",
+        server.url()
+    );
+    for (what, outcome) in [
+        ("first get", first.map(drop)),
+        ("next get", second.map(drop)),
+    ]
+    .into_iter()
+    .chain(maintenance.into_iter().map(|m| ("a maintenance call", m)))
+    {
+        let err = outcome.expect_err(what);
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{what}: {err}");
+        assert!(err.is_retryable(), "{what}: {err}");
+    }
+    let err = opened.expect_err("connecting to a closed port");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    for (what, took) in [
+        ("first get", first_get),
+        ("next get", second_get),
+        ("open", open),
+    ] {
+        assert!(took < Duration::from_secs(3), "{what} took {took:?}");
+    }
+
+    server.start().await;
+    let started = Instant::now();
+    loop {
+        match core.get(&k).await {
+            // Persistence is off: the restarted server is empty.
+            Ok(entry) => break assert_eq!(entry, None),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "still failing {:?} after the server came back: {e}",
+                    started.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    println!(
+        "outage recovery ({}): the first get succeeded {:?} after the server answered",
+        server.url(),
+        started.elapsed()
+    );
+    core.set(&k, Bytes::from_static(b"after"), Timestamp::now())
+        .await
+        .unwrap();
+    let entry = core.get(&k).await.unwrap().unwrap();
+    assert_eq!(entry.value.as_deref(), Some(&b"after"[..]));
+}
+
+/// A frozen server (SIGSTOP: connections stay open, nothing answers) fails a call within the
+/// response timeout, as `Unavailable`, and the core works again once the server resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_fails_calls_within_the_response_timeout() {
+    let server = PrivateServer::start();
+    let core = RedisCore::connect(Config::from_url(&server.url()).unwrap())
+        .await
+        .unwrap();
+    let ns = unique_namespace("frozen");
+    let k = key(&ns, 1);
+    core.set(&k, Bytes::from_static(b"v"), Timestamp::now())
+        .await
+        .unwrap();
+
+    server.signal("STOP");
+    let started = Instant::now();
+    let outcome = core.get(&k).await;
+    let took = started.elapsed();
+    server.signal("CONT");
+    let err = outcome.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    println!("a get on a frozen server failed after {took:?}");
+    assert!(
+        took >= Config::DEFAULT_RESPONSE_TIMEOUT / 2 && took < Duration::from_secs(3),
+        "a get on a frozen server took {took:?}"
+    );
+    let took = get_succeeds_within(&core, &k, Duration::from_secs(10)).await;
+    println!("the get succeeded {took:?} after the server resumed");
+    assert_eq!(
+        core.get(&k).await.unwrap().unwrap().value.as_deref(),
+        Some(&b"v"[..])
+    );
 }
 
 /// Parses `INFO commandstats` into command name → calls.

@@ -1,15 +1,17 @@
 //! Helpers shared by this crate's integration tests: the shared test server's URL, unique
-//! namespaces cleaned up by a drop guard, and private throwaway servers for fault tests.
+//! namespaces cleaned up by a drop guard, and private throwaway servers for fault tests (also
+//! the conformance suite's outage checks).
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use cachier_core::{ClaimToken, FuncId, Key, Namespace};
+use cachier_core::conformance::Outage;
+use cachier_core::{ClaimToken, Core, FuncId, Key, Namespace};
 use cachier_redis::{Config, RedisCore};
 
 /// The shared test server: `CACHIER_TEST_REDIS_URL`, else the local default.
@@ -99,11 +101,19 @@ pub fn func_id(name: &str) -> FuncId {
     FuncId::new(name).expect("test function ids are valid")
 }
 
-/// A core on `url` with settings suited to tests (short connect timeout).
-pub async fn core_at(url: &str) -> Arc<RedisCore> {
-    let config = Config::from_url(url)
+/// Settings for the shared test server: a response timeout long enough for values of many
+/// megabytes while the whole test matrix loads the machine's two cores. Tests of the default
+/// timeouts use private servers ([`OutageServer`], [`PrivateServer`]).
+pub fn shared_config(url: &str) -> Config {
+    Config::from_url(url)
         .expect("test URL parses")
-        .with_connect_timeout(Duration::from_secs(2));
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_response_timeout(Duration::from_secs(10))
+}
+
+/// A core on `url` with the shared server's settings ([`shared_config`]).
+pub async fn core_at(url: &str) -> Arc<RedisCore> {
+    let config = shared_config(url);
     Arc::new(
         RedisCore::connect(config)
             .await
@@ -213,6 +223,17 @@ impl PrivateServer {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the server's process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the server runs").id();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
     /// Starts the server again on the same port (empty, since persistence is off).
     pub fn restart(&mut self) {
         self.stop();
@@ -232,4 +253,63 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("the OS hands out a free port")
+}
+
+/// A private server the conformance suite's outage checks stop and start ([`Outage`]): the
+/// same address throughout, empty after each start (persistence is off), killed when dropped.
+pub struct OutageServer {
+    server: Mutex<PrivateServer>,
+    url: String,
+}
+
+impl OutageServer {
+    /// Starts a private `redis-server` on a free port.
+    pub fn start() -> Self {
+        let server = PrivateServer::start();
+        OutageServer {
+            url: server.url(),
+            server: Mutex::new(server),
+        }
+    }
+
+    /// The server's URL, whether it runs or not.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn server(&self) -> MutexGuard<'_, PrivateServer> {
+        self.server.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cachier_core::async_trait]
+impl Outage for OutageServer {
+    /// A core with the crate's default settings.
+    async fn core(&self) -> Arc<dyn Core> {
+        let config = Config::from_url(&self.url).expect("the private server's URL parses");
+        let core = RedisCore::connect(config)
+            .await
+            .unwrap_or_else(|e| panic!("the private Redis server answers: {e}"));
+        Arc::new(core)
+    }
+
+    async fn stop(&self) {
+        blocking(|| self.server().stop());
+    }
+
+    async fn start(&self) {
+        // Listening means ready (see `PrivateServer::spawn`).
+        blocking(|| self.server().restart());
+    }
+}
+
+/// Runs blocking work from async code without stalling the runtime's other tasks where the
+/// runtime allows it (a multi-threaded one).
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
 }
