@@ -92,17 +92,32 @@ pub struct Config {
     pub(crate) table: String,
     pub(crate) pool_size: u32,
     pub(crate) connect_timeout: Duration,
+    pub(crate) statement_timeout: Duration,
+    pub(crate) maintenance_timeout: Duration,
     pub(crate) busy_timeout: Duration,
     pub(crate) max_value_bytes: Option<u64>,
 }
 
 impl Config {
+    /// Default of [`Config::connect_timeout`]: what a call costs at most, for a connection,
+    /// while the server's host does not answer at all.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Default of [`Config::statement_timeout`]: what a call costs at most, for its
+    /// statements, while the server accepts them but does not answer.
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Default of [`Config::maintenance_timeout`]: long enough to clear a function of millions
+    /// of rows.
+    pub const DEFAULT_MAINTENANCE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Default of [`Config::busy_timeout`] (SQLite).
+    pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
     /// Parses a database URL:
     ///
     /// - `sqlite://PATH` (`sqlite:///abs/path.db`, `sqlite://relative.db`) or `sqlite:PATH`: a
     ///   SQLite file, created if missing;
     /// - `sqlite::memory:`: a private in-memory SQLite database (one connection, one process);
-    /// - `postgres://...` or `postgresql://...`: PostgreSQL, as libpq understands the URL;
+    /// - `postgres://...` or `postgresql://...`: PostgreSQL, as libpq understands the URL (its
+    ///   `connect_timeout` parameter, in seconds, also sets [`Config::connect_timeout`]);
     /// - `mysql://...`: MySQL or MariaDB (connect by `127.0.0.1`, not `localhost`, unless the
     ///   client's socket path matches the server's).
     ///
@@ -131,12 +146,18 @@ impl Config {
                 redact(url)
             )));
         };
+        let connect_timeout = match &target {
+            Target::Postgres(url) => libpq_connect_timeout(url)?,
+            _ => None,
+        };
         let config = Config {
             target,
             table: DEFAULT_TABLE.to_owned(),
             pool_size: 8,
-            connect_timeout: Duration::from_secs(10),
-            busy_timeout: Duration::from_secs(10),
+            connect_timeout: connect_timeout.unwrap_or(Self::DEFAULT_CONNECT_TIMEOUT),
+            statement_timeout: Self::DEFAULT_STATEMENT_TIMEOUT,
+            maintenance_timeout: Self::DEFAULT_MAINTENANCE_TIMEOUT,
+            busy_timeout: Self::DEFAULT_BUSY_TIMEOUT,
             max_value_bytes: None,
         };
         let dialect = config.dialect();
@@ -174,14 +195,39 @@ impl Config {
         self
     }
 
-    /// How long to wait for a connection from the pool or the server (default 10 s).
+    /// How long an operation waits for a connection: from the pool when all of its
+    /// connections are busy, or from the server when a new one is opened (default
+    /// [`Config::DEFAULT_CONNECT_TIMEOUT`], at least 1 ms). On PostgreSQL it is also libpq's
+    /// `connect_timeout`, which counts in whole seconds and at least 2; the MySQL client library
+    /// takes no connect timeout from diesel, but no caller waits longer than this for it.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.connect_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// PostgreSQL and MySQL/MariaDB: how long one statement of `get`, `set`, `claim`, `renew`,
+    /// `release` and `remove` may run (default [`Config::DEFAULT_STATEMENT_TIMEOUT`]). The
+    /// server cancels a statement that takes longer (`statement_timeout` on PostgreSQL,
+    /// `max_statement_time` on MariaDB; MySQL's `max_execution_time` only limits reads), and
+    /// no caller waits longer than the connect timeout plus this for a whole operation, even on
+    /// a frozen server. [`Duration::ZERO`] turns both limits off.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// PostgreSQL and MySQL/MariaDB: [`Config::statement_timeout`] for the operations that
+    /// may touch many rows (`clear`, `clear_claims`, `delete_stale`, `clear_namespace`) and
+    /// for the migrations run when connecting (default
+    /// [`Config::DEFAULT_MAINTENANCE_TIMEOUT`]). [`Duration::ZERO`] turns the limits off.
+    pub fn maintenance_timeout(mut self, timeout: Duration) -> Self {
+        self.maintenance_timeout = timeout;
         self
     }
 
     /// SQLite only: how long a statement waits for another connection's write lock before it
-    /// fails (default 10 s). Writers across processes take turns on one SQLite file.
+    /// fails (default [`Config::DEFAULT_BUSY_TIMEOUT`]). Writers across processes take turns on
+    /// one SQLite file.
     pub fn busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
         self
@@ -212,6 +258,44 @@ impl Config {
     pub fn is_memory(&self) -> bool {
         self.target == Target::SqliteMemory
     }
+
+    /// The time an operation waits for a connection.
+    pub fn connect_time_limit(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The time one statement of a per-key operation may run (zero: no limit).
+    pub fn statement_time_limit(&self) -> Duration {
+        self.statement_timeout
+    }
+
+    /// The time one statement of a maintenance operation may run (zero: no limit).
+    pub fn maintenance_time_limit(&self) -> Duration {
+        self.maintenance_timeout
+    }
+}
+
+/// The value of the query parameter `name` of a URL, if it has one.
+pub(crate) fn url_parameter<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = url.split_once('?')?;
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find_map(|(key, value)| (key == name).then_some(value))
+}
+
+/// libpq's `connect_timeout` parameter of a PostgreSQL URL (whole seconds), if it has one.
+fn libpq_connect_timeout(url: &str) -> Result<Option<Duration>> {
+    let Some(value) = url_parameter(url, "connect_timeout") else {
+        return Ok(None);
+    };
+    match value.parse::<u64>() {
+        Ok(seconds) if seconds > 0 => Ok(Some(Duration::from_secs(seconds))),
+        _ => Err(Error::config(format!(
+            "invalid connect_timeout {value:?} in {:?}: use a positive number of seconds",
+            redact(url)
+        ))),
+    }
 }
 
 impl fmt::Debug for Config {
@@ -226,6 +310,8 @@ impl fmt::Debug for Config {
             .field("table", &self.table)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("maintenance_timeout", &self.maintenance_timeout)
             .field("busy_timeout", &self.busy_timeout)
             .field("max_value_bytes", &self.max_value_bytes)
             .finish()
@@ -352,9 +438,35 @@ mod tests {
             table: DEFAULT_TABLE.into(),
             pool_size: 1,
             connect_timeout: Duration::from_secs(1),
+            statement_timeout: Duration::from_secs(1),
+            maintenance_timeout: Duration::from_secs(1),
             busy_timeout: Duration::from_secs(1),
             max_value_bytes: None,
         };
         assert!(!format!("{config:?}").contains("pw"));
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn timeouts_have_deliberate_defaults() {
+        let c = Config::from_url("sqlite::memory:").unwrap();
+        assert_eq!(c.connect_time_limit(), Duration::from_secs(1));
+        assert_eq!(c.statement_time_limit(), Duration::from_secs(1));
+        assert_eq!(c.maintenance_time_limit(), Duration::from_secs(60));
+        let c = c
+            .connect_timeout(Duration::ZERO)
+            .statement_timeout(Duration::ZERO);
+        assert_eq!(c.connect_time_limit(), Duration::from_millis(1));
+        assert_eq!(c.statement_time_limit(), Duration::ZERO);
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn a_postgres_url_sets_the_connect_timeout() {
+        let c = Config::from_url("postgres://u:pw@h/db?sslmode=disable&connect_timeout=5").unwrap();
+        assert_eq!(c.connect_time_limit(), Duration::from_secs(5));
+        let err = Config::from_url("postgres://u:pw@h/db?connect_timeout=soon").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(!err.to_string().contains("pw@"), "{err}");
     }
 }

@@ -9,8 +9,7 @@ use cachier_core::{
     Capabilities, Claim, ClaimToken, Core, Entry, Error, ErrorKind, FuncId, Key, Namespace, Result,
     Timestamp,
 };
-use diesel::r2d2::{self, ManageConnection, PoolError, R2D2Connection};
-use diesel::result::{DatabaseErrorKind, Error as DieselError, QueryResult};
+use diesel::result::{Error as DieselError, QueryResult};
 use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 use diesel::{QueryableByName, RunQueryDsl, sql_query};
 
@@ -20,9 +19,13 @@ use diesel::MysqlConnection;
 use diesel::PgConnection;
 #[cfg(feature = "sqlite")]
 use diesel::SqliteConnection;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use diesel::connection::Connection as _;
+use diesel::r2d2::R2D2Connection;
 
-use crate::config::{Config, Dialect, Target};
-use crate::migrate::Migrations;
+use crate::config::{Config, Dialect};
+use crate::connect::{self, MaintenanceSession};
+use crate::pool::Pool;
 
 /// The largest value stored in SQLite: its default `SQLITE_MAX_LENGTH` (10^9 bytes per string,
 /// BLOB and row) less room for the rest of the row.
@@ -33,8 +36,6 @@ pub const POSTGRES_MAX_VALUE_BYTES: u64 = 1_000_000_000;
 /// What a MySQL/MariaDB statement needs besides the value itself; the value limit there is the
 /// server's `max_allowed_packet` less this (a `LONGBLOB` alone would hold 4 GiB).
 pub const MYSQL_PACKET_OVERHEAD: u64 = 64 * 1024;
-#[cfg(feature = "mysql")]
-const MYSQL_LONGBLOB_MAX: u64 = u32::MAX as u64;
 
 /// How often `claim` re-reads when it lost the race but then finds no live claim (the holder
 /// released in between).
@@ -55,6 +56,24 @@ struct Inner {
     table: String,
     max_value_bytes: u64,
     memory: bool,
+    /// How long a caller waits for a connection, then for the statements of a per-key and of a
+    /// maintenance operation (`None`: no limit). SQLite is bounded by its busy timeout instead.
+    connect_limit: Option<Duration>,
+    request_limit: Option<Duration>,
+    maintenance_limit: Option<Duration>,
+}
+
+/// Added to each of the caller's limits, so that the pool's or the server's own timeout error,
+/// which says more, arrives first when they are on time.
+const LIMIT_MARGIN: Duration = Duration::from_millis(50);
+
+/// Which time limit an operation runs under.
+#[derive(Clone, Copy)]
+enum Budget {
+    /// `get`, `set`, `claim`, `renew`, `release`, `remove`: the statement timeout.
+    Request,
+    /// `clear`, `clear_claims`, `delete_stale`, `clear_namespace`: the maintenance timeout.
+    Maintenance,
 }
 
 impl std::fmt::Debug for SqlCore {
@@ -89,40 +108,11 @@ impl SqlCore {
     pub fn connect_blocking(config: Config) -> Result<Self> {
         let dialect = config.dialect();
         let backend = dialect.as_str();
-        let fail = |e: DbError| e.into_error("connect", backend, &config.table);
-        let memory = config.is_memory();
-        let (pool, server_limit) = match &config.target {
-            #[cfg(feature = "sqlite")]
-            Target::SqliteFile(_) | Target::SqliteMemory => {
-                let pool = open_sqlite(&config).map_err(fail)?;
-                let limit = SQLITE_MAX_VALUE_BYTES;
-                (Pool::Sqlite(pool), limit)
-            }
-            #[cfg(feature = "postgres")]
-            Target::Postgres(url) => {
-                let manager = Manager::new(url, |_| Ok(()));
-                let pool = build_pool(manager, &config).map_err(fail)?;
-                migrate_postgres(&pool, &config.table).map_err(fail)?;
-                (Pool::Postgres(pool), POSTGRES_MAX_VALUE_BYTES)
-            }
-            #[cfg(feature = "mysql")]
-            Target::Mysql(url) => {
-                let manager = Manager::new(url, |_| Ok(()));
-                let pool = build_pool(manager, &config).map_err(fail)?;
-                migrate_mysql(&pool, &config.table).map_err(fail)?;
-                let limit = mysql_value_limit(&pool).map_err(fail)?;
-                (Pool::Mysql(pool), limit)
-            }
-            #[allow(unreachable_patterns)]
-            _ => {
-                return Err(Error::config(format!(
-                    "cachier-sql was built without the `{backend}` feature"
-                )));
-            }
-        };
+        let opened =
+            connect::open(&config).map_err(|e| e.into_error("connect", backend, &config.table))?;
         let max_value_bytes = config
             .max_value_bytes
-            .map_or(server_limit, |own| own.min(server_limit));
+            .map_or(opened.server_limit, |own| own.min(opened.server_limit));
         tracing::info!(
             dialect = backend,
             table = %config.table,
@@ -130,14 +120,22 @@ impl SqlCore {
             target = ?config,
             "cachier-sql connected"
         );
+        // The server cancels a statement past its timeout; the caller also stops waiting then,
+        // even if the server is too frozen to cancel anything.
+        let server = dialect != Dialect::Sqlite;
+        let limit =
+            |timeout: Duration| (server && !timeout.is_zero()).then_some(timeout + LIMIT_MARGIN);
         Ok(SqlCore {
             inner: Arc::new(Inner {
-                pool,
-                sql: Statements::new(dialect, &config.table),
+                pool: opened.pool,
+                sql: Statements::new(dialect, &config.table, opened.maintenance),
                 dialect,
                 table: config.table.clone(),
                 max_value_bytes,
-                memory,
+                memory: config.is_memory(),
+                connect_limit: limit(config.connect_timeout),
+                request_limit: limit(config.statement_timeout),
+                maintenance_limit: limit(config.maintenance_timeout),
             }),
         })
     }
@@ -157,16 +155,73 @@ impl SqlCore {
         self.inner.max_value_bytes
     }
 
+    /// Runs a per-key operation (see [`SqlCore::run_within`]).
+    async fn run<T, F>(&self, operation: &'static str, on: String, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut dyn Ops, &Statements) -> QueryResult<T> + Send + 'static,
+    {
+        self.run_within(Budget::Request, operation, on, work).await
+    }
+
     /// Runs `work` on a pooled connection on the blocking pool and turns failures into errors
     /// naming `operation` and `on` (a key, a function or a namespace).
-    async fn run<T, F>(&self, operation: &'static str, on: String, work: F) -> Result<T>
+    ///
+    /// The caller waits at most the connect timeout for the connection, then the budget's
+    /// statement timeout for the work: past either it fails as `Unavailable`, while the
+    /// blocking task finishes (or is cancelled by the server) on its own.
+    async fn run_within<T, F>(
+        &self,
+        budget: Budget,
+        operation: &'static str,
+        on: String,
+        work: F,
+    ) -> Result<T>
     where
         T: Send + 'static,
         F: Fn(&mut dyn Ops, &Statements) -> QueryResult<T> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
         let backend = self.inner.dialect.as_str();
-        let outcome = tokio::task::spawn_blocking(move || inner.with_conn(&work)).await;
+        let (connected, has_connection) = tokio::sync::oneshot::channel::<()>();
+        let mut connected = Some(connected);
+        let mut task = tokio::task::spawn_blocking(move || {
+            inner.pool.with_conn(&inner.sql, &work, &mut || {
+                if let Some(connected) = connected.take() {
+                    let _ = connected.send(());
+                }
+            })
+        });
+        let unavailable = |message: String| {
+            Error::unavailable(message)
+                .with_operation(operation)
+                .with_backend(backend)
+                .with_key(&on)
+        };
+        // The task drops the sender without sending when it fails before it has a connection;
+        // its error is then waiting below.
+        if let Some(limit) = self.inner.connect_limit
+            && tokio::time::timeout(limit, has_connection).await.is_err()
+        {
+            return Err(unavailable(format!(
+                "no database connection within {limit:?}"
+            )));
+        }
+        let limit = match budget {
+            Budget::Request => self.inner.request_limit,
+            Budget::Maintenance => self.inner.maintenance_limit,
+        };
+        let outcome = match limit {
+            Some(limit) => match tokio::time::timeout(limit, &mut task).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    return Err(unavailable(format!(
+                        "the database did not answer within {limit:?}"
+                    )));
+                }
+            },
+            None => task.await,
+        };
         match outcome {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(e.into_error(operation, backend, &on)),
@@ -190,7 +245,7 @@ fn timestamp(ms: i64) -> Timestamp {
 }
 
 /// The bound parameters naming one key.
-struct KeyParts {
+pub(crate) struct KeyParts {
     namespace: String,
     func: String,
     hash: String,
@@ -338,17 +393,23 @@ impl Core for SqlCore {
 
     async fn clear(&self, namespace: &Namespace, func: &FuncId) -> Result<u64> {
         let scope = Scope::function(namespace, func);
-        self.run("clear", scope.describe(), move |c, sql| {
-            c.clear(sql, &scope)
-        })
+        self.run_within(
+            Budget::Maintenance,
+            "clear",
+            scope.describe(),
+            move |c, sql| c.clear(sql, &scope),
+        )
         .await
     }
 
     async fn clear_claims(&self, namespace: &Namespace, func: &FuncId) -> Result<u64> {
         let scope = Scope::function(namespace, func);
-        self.run("clear_claims", scope.describe(), move |c, sql| {
-            c.clear_claims(sql, &scope, millis(Timestamp::now()))
-        })
+        self.run_within(
+            Budget::Maintenance,
+            "clear_claims",
+            scope.describe(),
+            move |c, sql| c.clear_claims(sql, &scope, millis(Timestamp::now())),
+        )
         .await
     }
 
@@ -360,9 +421,12 @@ impl Core for SqlCore {
     ) -> Result<u64> {
         let scope = Scope::function(namespace, func);
         let before = millis(stored_before);
-        self.run("delete_stale", scope.describe(), move |c, sql| {
-            c.delete_stale(sql, &scope, before, millis(Timestamp::now()))
-        })
+        self.run_within(
+            Budget::Maintenance,
+            "delete_stale",
+            scope.describe(),
+            move |c, sql| c.delete_stale(sql, &scope, before, millis(Timestamp::now())),
+        )
         .await
     }
 
@@ -371,15 +435,18 @@ impl Core for SqlCore {
             namespace: namespace.as_str().to_owned(),
             func: None,
         };
-        self.run("clear_namespace", scope.describe(), move |c, sql| {
-            c.clear(sql, &scope)
-        })
+        self.run_within(
+            Budget::Maintenance,
+            "clear_namespace",
+            scope.describe(),
+            move |c, sql| c.clear(sql, &scope),
+        )
         .await
     }
 }
 
 /// What `clear` and friends act on: one function of a namespace, or a whole namespace.
-struct Scope {
+pub(crate) struct Scope {
     namespace: String,
     func: Option<String>,
 }
@@ -406,7 +473,10 @@ impl Scope {
 
 /// Every statement the core runs, built once for one dialect and one (validated) table name.
 /// Values are always bound parameters.
-struct Statements {
+pub(crate) struct Statements {
+    /// Run before and after a maintenance operation, outside its transaction (see
+    /// [`MaintenanceSession`]).
+    maintenance: MaintenanceSession,
     /// Whether `claim` reports a win with `RETURNING` (SQLite, PostgreSQL) or must read the
     /// token back (MySQL).
     claim_returns: bool,
@@ -431,7 +501,7 @@ struct Statements {
 }
 
 impl Statements {
-    fn new(dialect: Dialect, table: &str) -> Self {
+    fn new(dialect: Dialect, table: &str, maintenance: MaintenanceSession) -> Self {
         let t = match dialect {
             Dialect::Mysql => format!("`{table}`"),
             Dialect::Sqlite | Dialect::Postgres => format!("\"{table}\""),
@@ -477,6 +547,7 @@ impl Statements {
         };
         let p = |sql: String| placeholders(dialect, &sql);
         Statements {
+            maintenance,
             claim_returns: dialect != Dialect::Mysql,
             get: p(format!(
                 "SELECT value, stored_at, claim_until FROM {t} WHERE {key}"
@@ -556,7 +627,7 @@ fn placeholders(dialect: Dialect, sql: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(QueryableByName)]
-struct EntryRow {
+pub(crate) struct EntryRow {
     #[diesel(sql_type = Nullable<Binary>)]
     value: Option<Vec<u8>>,
     #[diesel(sql_type = BigInt)]
@@ -566,7 +637,7 @@ struct EntryRow {
 }
 
 #[derive(QueryableByName)]
-struct ClaimRow {
+pub(crate) struct ClaimRow {
     #[diesel(sql_type = Nullable<BigInt>)]
     claim_until: Option<i64>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -575,7 +646,7 @@ struct ClaimRow {
 
 /// The statements of one operation each, on one connection. Implemented for every enabled
 /// connection type by `impl_ops!`, so the code exists once.
-trait Ops {
+pub(crate) trait Ops {
     fn get(&mut self, sql: &Statements, k: &KeyParts) -> QueryResult<Option<EntryRow>>;
     fn set(
         &mut self,
@@ -614,6 +685,30 @@ trait Ops {
         now: i64,
     ) -> QueryResult<u64>;
     fn ping_server(&mut self) -> QueryResult<()>;
+}
+
+/// Runs a maintenance operation between the session statements that lift the statement timeout
+/// to the maintenance timeout and set it back. A failure to set it back is reported (a
+/// connection error there marks the connection broken) unless the operation failed first.
+fn maintenance<C, T>(
+    conn: &mut C,
+    sql: &Statements,
+    operation: impl FnOnce(&mut C) -> QueryResult<T>,
+) -> QueryResult<T>
+where
+    C: diesel::connection::SimpleConnection,
+{
+    if let Some(begin) = &sql.maintenance.begin {
+        conn.batch_execute(begin)?;
+    }
+    let outcome = operation(conn);
+    if let Some(end) = &sql.maintenance.end {
+        let reset = conn.batch_execute(end);
+        if outcome.is_ok() {
+            reset?;
+        }
+    }
+    outcome
 }
 
 /// Binds the three key parts in order.
@@ -717,30 +812,32 @@ macro_rules! impl_ops {
             }
 
             fn clear(&mut self, sql: &Statements, scope: &Scope) -> QueryResult<u64> {
-                self.$transaction::<_, DieselError, _>(|c| {
-                    let values = match &scope.func {
-                        Some(func) => {
-                            let n = sql_query(&sql.clear_values[0])
-                                .bind::<Text, _>(&scope.namespace)
-                                .bind::<Text, _>(func)
-                                .execute(c)?;
-                            sql_query(&sql.clear_rest[0])
-                                .bind::<Text, _>(&scope.namespace)
-                                .bind::<Text, _>(func)
-                                .execute(c)?;
-                            n
-                        }
-                        None => {
-                            let n = sql_query(&sql.clear_values[1])
-                                .bind::<Text, _>(&scope.namespace)
-                                .execute(c)?;
-                            sql_query(&sql.clear_rest[1])
-                                .bind::<Text, _>(&scope.namespace)
-                                .execute(c)?;
-                            n
-                        }
-                    };
-                    Ok(values as u64)
+                maintenance(self, sql, |conn| {
+                    conn.$transaction::<_, DieselError, _>(|c| {
+                        let values = match &scope.func {
+                            Some(func) => {
+                                let n = sql_query(&sql.clear_values[0])
+                                    .bind::<Text, _>(&scope.namespace)
+                                    .bind::<Text, _>(func)
+                                    .execute(c)?;
+                                sql_query(&sql.clear_rest[0])
+                                    .bind::<Text, _>(&scope.namespace)
+                                    .bind::<Text, _>(func)
+                                    .execute(c)?;
+                                n
+                            }
+                            None => {
+                                let n = sql_query(&sql.clear_values[1])
+                                    .bind::<Text, _>(&scope.namespace)
+                                    .execute(c)?;
+                                sql_query(&sql.clear_rest[1])
+                                    .bind::<Text, _>(&scope.namespace)
+                                    .execute(c)?;
+                                n
+                            }
+                        };
+                        Ok(values as u64)
+                    })
                 })
             }
 
@@ -751,22 +848,24 @@ macro_rules! impl_ops {
                 now: i64,
             ) -> QueryResult<u64> {
                 let func = scope.func.as_deref().unwrap_or_default();
-                self.$transaction::<_, DieselError, _>(|c| {
-                    let claim_only = sql_query(&sql.claims_delete_live)
-                        .bind::<Text, _>(&scope.namespace)
-                        .bind::<Text, _>(func)
-                        .bind::<BigInt, _>(now)
-                        .execute(c)?;
-                    sql_query(&sql.claims_delete_rest)
-                        .bind::<Text, _>(&scope.namespace)
-                        .bind::<Text, _>(func)
-                        .execute(c)?;
-                    let with_value = sql_query(&sql.claims_end_live)
-                        .bind::<Text, _>(&scope.namespace)
-                        .bind::<Text, _>(func)
-                        .bind::<BigInt, _>(now)
-                        .execute(c)?;
-                    Ok((claim_only + with_value) as u64)
+                maintenance(self, sql, |conn| {
+                    conn.$transaction::<_, DieselError, _>(|c| {
+                        let claim_only = sql_query(&sql.claims_delete_live)
+                            .bind::<Text, _>(&scope.namespace)
+                            .bind::<Text, _>(func)
+                            .bind::<BigInt, _>(now)
+                            .execute(c)?;
+                        sql_query(&sql.claims_delete_rest)
+                            .bind::<Text, _>(&scope.namespace)
+                            .bind::<Text, _>(func)
+                            .execute(c)?;
+                        let with_value = sql_query(&sql.claims_end_live)
+                            .bind::<Text, _>(&scope.namespace)
+                            .bind::<Text, _>(func)
+                            .bind::<BigInt, _>(now)
+                            .execute(c)?;
+                        Ok((claim_only + with_value) as u64)
+                    })
                 })
             }
 
@@ -778,26 +877,28 @@ macro_rules! impl_ops {
                 now: i64,
             ) -> QueryResult<u64> {
                 let func = scope.func.as_deref().unwrap_or_default();
-                self.$transaction::<_, DieselError, _>(|c| {
-                    // A stale value under a live claim goes, the claim stays.
-                    let claimed = sql_query(&sql.stale_keep_claim)
-                        .bind::<Text, _>(&scope.namespace)
-                        .bind::<Text, _>(func)
-                        .bind::<BigInt, _>(before)
-                        .bind::<BigInt, _>(now)
-                        .execute(c)?;
-                    let unclaimed = sql_query(&sql.stale_delete)
-                        .bind::<Text, _>(&scope.namespace)
-                        .bind::<Text, _>(func)
-                        .bind::<BigInt, _>(before)
-                        .execute(c)?;
-                    // Rows left holding only an expired claim are swept on the way.
-                    sql_query(&sql.stale_sweep)
-                        .bind::<Text, _>(&scope.namespace)
-                        .bind::<Text, _>(func)
-                        .bind::<BigInt, _>(now)
-                        .execute(c)?;
-                    Ok((claimed + unclaimed) as u64)
+                maintenance(self, sql, |conn| {
+                    conn.$transaction::<_, DieselError, _>(|c| {
+                        // A stale value under a live claim goes, the claim stays.
+                        let claimed = sql_query(&sql.stale_keep_claim)
+                            .bind::<Text, _>(&scope.namespace)
+                            .bind::<Text, _>(func)
+                            .bind::<BigInt, _>(before)
+                            .bind::<BigInt, _>(now)
+                            .execute(c)?;
+                        let unclaimed = sql_query(&sql.stale_delete)
+                            .bind::<Text, _>(&scope.namespace)
+                            .bind::<Text, _>(func)
+                            .bind::<BigInt, _>(before)
+                            .execute(c)?;
+                        // Rows left holding only an expired claim are swept on the way.
+                        sql_query(&sql.stale_sweep)
+                            .bind::<Text, _>(&scope.namespace)
+                            .bind::<Text, _>(func)
+                            .bind::<BigInt, _>(now)
+                            .execute(c)?;
+                        Ok((claimed + unclaimed) as u64)
+                    })
                 })
             }
 
@@ -815,377 +916,6 @@ impl_ops!(PgConnection, transaction);
 #[cfg(feature = "mysql")]
 impl_ops!(MysqlConnection, transaction);
 
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-use diesel::Connection as _;
-
-// ---------------------------------------------------------------------------------------------
-// Pooling: r2d2 without a test query per checkout; a connection that failed is dropped and the
-// operation is tried once more on a connection known to be alive.
-// ---------------------------------------------------------------------------------------------
-
-enum Pool {
-    #[cfg(feature = "sqlite")]
-    Sqlite(r2d2::Pool<Manager<SqliteConnection>>),
-    #[cfg(feature = "postgres")]
-    Postgres(r2d2::Pool<Manager<PgConnection>>),
-    #[cfg(feature = "mysql")]
-    Mysql(r2d2::Pool<Manager<MysqlConnection>>),
-}
-
-/// A pooled connection and whether it failed at the connection level.
-struct Tracked<C> {
-    conn: C,
-    broken: bool,
-}
-
-/// What runs on every new connection (SQLite pragmas).
-type Setup<C> = dyn Fn(&mut C) -> QueryResult<()> + Send + Sync;
-
-/// diesel's connection manager plus a setup step per new connection and the `broken` mark.
-struct Manager<C: R2D2Connection + 'static> {
-    inner: r2d2::ConnectionManager<C>,
-    setup: Box<Setup<C>>,
-}
-
-impl<C: R2D2Connection + 'static> Manager<C> {
-    fn new(url: &str, setup: impl Fn(&mut C) -> QueryResult<()> + Send + Sync + 'static) -> Self {
-        Manager {
-            inner: r2d2::ConnectionManager::new(url),
-            setup: Box::new(setup),
-        }
-    }
-}
-
-impl<C: R2D2Connection + Send + 'static> ManageConnection for Manager<C> {
-    type Connection = Tracked<C>;
-    type Error = r2d2::Error;
-
-    fn connect(&self) -> Result<Tracked<C>, r2d2::Error> {
-        let mut conn = self.inner.connect()?;
-        (self.setup)(&mut conn).map_err(r2d2::Error::QueryError)?;
-        Ok(Tracked {
-            conn,
-            broken: false,
-        })
-    }
-
-    fn is_valid(&self, conn: &mut Tracked<C>) -> Result<(), r2d2::Error> {
-        self.inner.is_valid(&mut conn.conn)
-    }
-
-    fn has_broken(&self, conn: &mut Tracked<C>) -> bool {
-        conn.broken || self.inner.has_broken(&mut conn.conn)
-    }
-}
-
-fn build_pool<C: R2D2Connection + Send + 'static>(
-    manager: Manager<C>,
-    config: &Config,
-) -> Result<r2d2::Pool<Manager<C>>, DbError> {
-    let memory = config.is_memory();
-    let size = if memory { 1 } else { config.pool_size };
-    // Every connection is opened while the pool is built (build waits for `min_idle`), never
-    // later on r2d2's background threads: a process that exits while such a thread is in the
-    // middle of a TLS handshake crashes in libpq/OpenSSL's exit-time cleanup.
-    let builder = r2d2::Pool::builder()
-        .max_size(size)
-        .min_idle(Some(size))
-        .connection_timeout(config.connect_timeout)
-        .test_on_check_out(false);
-    // The one connection of an in-memory database is the database: never let it go.
-    let builder = if memory {
-        builder.idle_timeout(None).max_lifetime(None)
-    } else {
-        builder
-    };
-    builder.build(manager).map_err(DbError::Pool)
-}
-
-impl Inner {
-    fn with_conn<T>(
-        &self,
-        work: &dyn Fn(&mut dyn Ops, &Statements) -> QueryResult<T>,
-    ) -> Result<T, DbError> {
-        match &self.pool {
-            #[cfg(feature = "sqlite")]
-            Pool::Sqlite(pool) => attempt(pool, &self.sql, work),
-            #[cfg(feature = "postgres")]
-            Pool::Postgres(pool) => attempt(pool, &self.sql, work),
-            #[cfg(feature = "mysql")]
-            Pool::Mysql(pool) => attempt(pool, &self.sql, work),
-        }
-    }
-}
-
-fn attempt<C, T>(
-    pool: &r2d2::Pool<Manager<C>>,
-    sql: &Statements,
-    work: &dyn Fn(&mut dyn Ops, &Statements) -> QueryResult<T>,
-) -> Result<T, DbError>
-where
-    C: R2D2Connection + Ops + Send + 'static,
-{
-    let mut conn = pool.get().map_err(DbError::Pool)?;
-    match work(&mut conn.conn, sql) {
-        Ok(value) => Ok(value),
-        Err(e) if is_connection_error(&e) => {
-            conn.broken = true;
-            drop(conn);
-            tracing::warn!(error = %e, "cachier-sql: connection lost; retrying once on a fresh connection");
-            let mut conn = live_connection(pool)?;
-            work(&mut conn.conn, sql).map_err(|e| {
-                conn.broken = is_connection_error(&e);
-                DbError::Query(e)
-            })
-        }
-        Err(e) => Err(DbError::Query(e)),
-    }
-}
-
-/// A connection that answers a ping. After a server restart every idle connection in the pool
-/// is dead; each one found is dropped, and r2d2 opens new ones.
-fn live_connection<C>(
-    pool: &r2d2::Pool<Manager<C>>,
-) -> Result<r2d2::PooledConnection<Manager<C>>, DbError>
-where
-    C: R2D2Connection + Ops + Send + 'static,
-{
-    let mut last = None;
-    for _ in 0..=pool.max_size() {
-        let mut conn = pool.get().map_err(DbError::Pool)?;
-        match conn.conn.ping_server() {
-            Ok(()) => return Ok(conn),
-            Err(e) => {
-                conn.broken = true;
-                last = Some(e);
-            }
-        }
-    }
-    Err(last.map_or(DbError::NoLiveConnection, DbError::Query))
-}
-
-/// Whether an error means the connection itself is gone (server restarted, network cut).
-fn is_connection_error(e: &DieselError) -> bool {
-    match e {
-        DieselError::DatabaseError(
-            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-            _,
-        ) => true,
-        DieselError::BrokenTransactionManager => true,
-        DieselError::DatabaseError(_, info) => {
-            let message = info.message().to_ascii_lowercase();
-            [
-                "server closed the connection",
-                "terminating connection",
-                "no connection to the server",
-                "connection to server",
-                "could not receive data",
-                "could not send data",
-                "server has gone away",
-                "lost connection",
-                "can't connect",
-                "broken pipe",
-                "connection reset",
-            ]
-            .iter()
-            .any(|pattern| message.contains(pattern))
-        }
-        _ => false,
-    }
-}
-
-/// A failure below the [`Core`] methods, before it is given its context.
-enum DbError {
-    Pool(PoolError),
-    Query(DieselError),
-    Migration(Box<dyn std::error::Error + Send + Sync>),
-    Directory(std::io::Error),
-    NoLiveConnection,
-}
-
-impl DbError {
-    fn into_error(self, operation: &'static str, backend: &'static str, on: &str) -> Error {
-        let error = match self {
-            DbError::Pool(e) => {
-                Error::unavailable("no database connection within the timeout").with_source(e)
-            }
-            DbError::NoLiveConnection => {
-                Error::unavailable("no live database connection after a connection was lost")
-            }
-            DbError::Directory(e) => {
-                let kind = if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    ErrorKind::PermissionDenied
-                } else {
-                    ErrorKind::Config
-                };
-                Error::new(kind, "the SQLite file's directory cannot be created").with_source(e)
-            }
-            DbError::Migration(e) => {
-                Error::new(ErrorKind::Backend, "creating or migrating the table failed")
-                    .with_source(e)
-            }
-            DbError::Query(e) => {
-                let message = match &e {
-                    DieselError::DatabaseError(_, info) => info.message().to_ascii_lowercase(),
-                    _ => String::new(),
-                };
-                let kind = if is_connection_error(&e)
-                    || matches!(
-                        e,
-                        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _)
-                    )
-                    || message.contains("database is locked")
-                    || message.contains("database is busy")
-                    || message.contains("deadlock")
-                    || message.contains("lock wait timeout")
-                {
-                    ErrorKind::Unavailable
-                } else if message.contains("max_allowed_packet")
-                    || message.contains("string or blob too big")
-                    || message.contains("too big")
-                {
-                    ErrorKind::TooLarge
-                } else if message.contains("permission denied")
-                    || message.contains("readonly")
-                    || message.contains("read-only")
-                    || message.contains("access denied")
-                {
-                    ErrorKind::PermissionDenied
-                } else {
-                    ErrorKind::Backend
-                };
-                Error::new(kind, "the database refused the statement").with_source(e)
-            }
-        };
-        error
-            .with_operation(operation)
-            .with_backend(backend)
-            .with_key(on)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Per-dialect connection setup and migrations.
-// ---------------------------------------------------------------------------------------------
-
-#[cfg(feature = "sqlite")]
-fn open_sqlite(config: &Config) -> Result<r2d2::Pool<Manager<SqliteConnection>>, DbError> {
-    use diesel::connection::SimpleConnection;
-    use diesel_migrations::MigrationHarness;
-
-    let url = match &config.target {
-        Target::SqliteFile(path) => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(DbError::Directory)?;
-            }
-            path.to_string_lossy().into_owned()
-        }
-        _ => ":memory:".to_owned(),
-    };
-    let busy_ms = config.busy_timeout.as_millis();
-    let memory = config.is_memory();
-    let manager = Manager::new(&url, move |conn: &mut SqliteConnection| {
-        // The busy timeout comes first so that switching to WAL waits for other processes.
-        conn.batch_execute(&format!("PRAGMA busy_timeout = {busy_ms};"))?;
-        if !memory {
-            conn.batch_execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
-        }
-        Ok(())
-    });
-    let pool = build_pool(manager, config)?;
-    let mut conn = pool.get().map_err(DbError::Pool)?;
-    let table = config.table.clone();
-    conn.conn
-        .immediate_transaction(|c| {
-            c.run_pending_migrations(Migrations::sqlite(&table))
-                .map(|applied| applied.len())
-        })
-        .map(|applied| tracing::debug!(applied, table = %config.table, "sqlite migrations"))
-        .map_err(DbError::Migration)?;
-    drop(conn);
-    Ok(pool)
-}
-
-/// The session lock that serializes migrations across processes.
-#[cfg(feature = "postgres")]
-const POSTGRES_MIGRATION_LOCK: i64 = 0x6361_6368_6965_7201; // "cachier" + 1
-
-#[cfg(feature = "postgres")]
-fn migrate_postgres(pool: &r2d2::Pool<Manager<PgConnection>>, table: &str) -> Result<(), DbError> {
-    use diesel_migrations::MigrationHarness;
-
-    let mut conn = pool.get().map_err(DbError::Pool)?;
-    let c = &mut conn.conn;
-    sql_query("SELECT pg_advisory_lock($1)")
-        .bind::<BigInt, _>(POSTGRES_MIGRATION_LOCK)
-        .execute(c)
-        .map_err(DbError::Query)?;
-    let outcome = c
-        .run_pending_migrations(Migrations::postgres(table))
-        .map(|applied| applied.len());
-    let unlock = sql_query("SELECT pg_advisory_unlock($1)")
-        .bind::<BigInt, _>(POSTGRES_MIGRATION_LOCK)
-        .execute(c);
-    let applied = outcome.map_err(DbError::Migration)?;
-    unlock.map_err(DbError::Query)?;
-    tracing::debug!(applied, table, "postgres migrations");
-    Ok(())
-}
-
-#[cfg(feature = "mysql")]
-#[derive(QueryableByName)]
-struct Number {
-    #[diesel(sql_type = Nullable<BigInt>)]
-    n: Option<i64>,
-}
-
-#[cfg(feature = "mysql")]
-const MYSQL_MIGRATION_LOCK: &str = "cachier_sql_migrations";
-
-#[cfg(feature = "mysql")]
-fn migrate_mysql(pool: &r2d2::Pool<Manager<MysqlConnection>>, table: &str) -> Result<(), DbError> {
-    use diesel_migrations::MigrationHarness;
-
-    let mut conn = pool.get().map_err(DbError::Pool)?;
-    let c = &mut conn.conn;
-    let locked: Vec<Number> = sql_query("SELECT CAST(GET_LOCK(?, 120) AS SIGNED) AS n")
-        .bind::<Text, _>(MYSQL_MIGRATION_LOCK)
-        .load(c)
-        .map_err(DbError::Query)?;
-    if locked.first().and_then(|r| r.n) != Some(1) {
-        return Err(DbError::Migration(
-            "another process held the migration lock for 120 s".into(),
-        ));
-    }
-    let outcome = c
-        .run_pending_migrations(Migrations::mysql(table))
-        .map(|applied| applied.len());
-    let unlock: QueryResult<Vec<Number>> = sql_query("SELECT CAST(RELEASE_LOCK(?) AS SIGNED) AS n")
-        .bind::<Text, _>(MYSQL_MIGRATION_LOCK)
-        .load(c);
-    let applied = outcome.map_err(DbError::Migration)?;
-    unlock.map_err(DbError::Query)?;
-    tracing::debug!(applied, table, "mysql migrations");
-    Ok(())
-}
-
-/// The value limit of this MySQL server: `max_allowed_packet` less the statement's overhead.
-#[cfg(feature = "mysql")]
-fn mysql_value_limit(pool: &r2d2::Pool<Manager<MysqlConnection>>) -> Result<u64, DbError> {
-    let mut conn = pool.get().map_err(DbError::Pool)?;
-    let rows: Vec<Number> = sql_query("SELECT CAST(@@max_allowed_packet AS SIGNED) AS n")
-        .load(&mut conn.conn)
-        .map_err(DbError::Query)?;
-    let packet = rows
-        .first()
-        .and_then(|r| r.n)
-        .and_then(|n| u64::try_from(n).ok())
-        .unwrap_or(0);
-    Ok(packet
-        .saturating_sub(MYSQL_PACKET_OVERHEAD)
-        .min(MYSQL_LONGBLOB_MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1201,9 +931,9 @@ mod tests {
 
     #[test]
     fn statements_quote_the_table() {
-        let pg = Statements::new(Dialect::Postgres, "t_x");
+        let pg = Statements::new(Dialect::Postgres, "t_x", MaintenanceSession::default());
         assert!(pg.get.contains("FROM \"t_x\" WHERE namespace = $1"));
-        let my = Statements::new(Dialect::Mysql, "t_x");
+        let my = Statements::new(Dialect::Mysql, "t_x", MaintenanceSession::default());
         assert!(my.claim.contains("INSERT INTO `t_x`"));
         assert!(!my.claim_returns);
     }

@@ -2,6 +2,8 @@
 
 #![cfg(feature = "mysql")]
 
+mod support;
+
 use std::sync::Arc;
 
 use cachier_core::Core;
@@ -9,14 +11,14 @@ use cachier_sql::SqlCore;
 use tokio::sync::OnceCell;
 
 /// One pool per process, shared by every check (each runs on its own runtime; the pool does not
-/// depend on one).
+/// depend on one), with the shared servers' settings (see `support::shared_config`).
 async fn make_core() -> Arc<dyn Core> {
     static CORE: OnceCell<SqlCore> = OnceCell::const_new();
     let core = CORE
         .get_or_init(|| async {
             let url = std::env::var("CACHIER_TEST_MYSQL_URL")
                 .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
-            SqlCore::from_url(&url)
+            SqlCore::connect(support::shared_config(&url))
                 .await
                 .unwrap_or_else(|e| panic!("cannot open the mysql test database: {e}"))
         })
@@ -24,4 +26,12 @@ async fn make_core() -> Arc<dyn Core> {
     Arc::new(core.clone())
 }
 
-cachier_core::conformance_suite!(make_core);
+/// A private MariaDB server of the calling check's own, for the outage checks (see
+/// `support::servers`).
+async fn make_outage() -> support::servers::PrivateServer {
+    tokio::task::spawn_blocking(support::servers::PrivateServer::mariadb)
+        .await
+        .expect("starting the private MariaDB server")
+}
+
+cachier_core::conformance_suite!(make_core, outage = make_outage);

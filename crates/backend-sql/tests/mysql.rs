@@ -14,7 +14,7 @@ use tokio::sync::OnceCell;
 async fn shared_core() -> SqlCore {
     static CORE: OnceCell<SqlCore> = OnceCell::const_new();
     CORE.get_or_init(|| async {
-        SqlCore::from_url(&support::mysql_url())
+        SqlCore::connect(support::shared_config(&support::mysql_url()))
             .await
             .expect("connecting to the test MySQL/MariaDB (CACHIER_TEST_MYSQL_URL)")
     })
@@ -128,4 +128,45 @@ impl Drop for DropTable {
             eprintln!("dropping test table {} failed: {e}", self.table);
         }
     }
+}
+
+/// A private MariaDB killed under a live core: calls fail fast as `Unavailable`, opening a core
+/// on the closed port fails fast, and the core works again by itself once the server is back.
+/// Prints what the failing calls cost.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_fails_fast_then_the_core_recovers() {
+    let server = tokio::task::spawn_blocking(support::servers::PrivateServer::mariadb)
+        .await
+        .unwrap();
+    support::outage::fails_fast_then_recovers(server).await;
+}
+
+/// A frozen server (every process stopped, its connections open) fails a call after the
+/// caller's deadline, and the core works again once the server runs again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_server_fails_calls_within_the_deadline() {
+    let server = tokio::task::spawn_blocking(support::servers::PrivateServer::mariadb)
+        .await
+        .unwrap();
+    support::outage::frozen_server_fails_within_the_deadline(server).await;
+}
+
+/// The pooled connections carry the statement timeout: a statement blocked by another
+/// session's row lock is cancelled after it, as `Unavailable`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_blocked_by_a_row_lock_is_cancelled_by_the_statement_timeout() {
+    support::outage::a_locked_row_is_cancelled_by_the_statement_timeout(
+        SqlCore::from_url(&support::mysql_url()).await.unwrap(),
+        |select, locked| {
+            use diesel::Connection as _;
+            use diesel::connection::SimpleConnection as _;
+            let mut conn = MysqlConnection::establish(&support::mysql_url()).unwrap();
+            conn.batch_execute("BEGIN").unwrap();
+            conn.batch_execute(select).unwrap();
+            locked.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            conn.batch_execute("ROLLBACK").unwrap();
+        },
+    )
+    .await;
 }

@@ -1,25 +1,22 @@
 //! The SQL backend on PostgreSQL: the shared backend checks, migrations raced by several
-//! processes, and a private server restarted under a live pool.
+//! processes, and a private server stopped and restarted under a live pool.
 
 #![cfg(feature = "postgres")]
 
 mod support;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
-
+use cachier_core::conformance::Outage;
 use cachier_core::{Bytes, Core, ErrorKind, Timestamp};
 use cachier_sql::{Config, POSTGRES_MAX_VALUE_BYTES, SqlCore};
 use diesel::{PgConnection, RunQueryDsl, sql_query};
+use support::servers::PrivateServer;
 use support::{TestNamespace, unique_table};
 use tokio::sync::OnceCell;
 
 async fn shared_core() -> SqlCore {
     static CORE: OnceCell<SqlCore> = OnceCell::const_new();
     CORE.get_or_init(|| async {
-        SqlCore::from_url(&support::postgres_url())
+        SqlCore::connect(support::shared_config(&support::postgres_url()))
             .await
             .expect("connecting to the test PostgreSQL (CACHIER_TEST_POSTGRES_URL)")
     })
@@ -119,155 +116,16 @@ impl Drop for DropTable {
     }
 }
 
-/// A PostgreSQL server of this test's own, in a temporary directory, on a free port.
-struct PrivatePostgres {
-    dir: PathBuf,
-    port: u16,
-    as_postgres_user: bool,
-}
-
-impl PrivatePostgres {
-    fn start() -> Result<Self, String> {
-        let root = tempfile::Builder::new()
-            .prefix("cachier-sql-pg-")
-            .tempdir_in("/tmp")
-            .map_err(|e| format!("no temporary directory: {e}"))?
-            .keep();
-        // PostgreSQL refuses to run as root: run it as the `postgres` user then.
-        let as_postgres_user = running_as_root();
-        if as_postgres_user {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&root)
-                .status()
-                .map_err(|e| format!("chown failed to start: {e}"))?;
-            if !status.success() {
-                return Err("could not hand the data directory to the postgres user".into());
-            }
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
-            .port();
-        let server = PrivatePostgres {
-            dir: root,
-            port,
-            as_postgres_user,
-        };
-        server.run(&[
-            "initdb",
-            "-D",
-            &server.data(),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ])?;
-        server.start_again()?;
-        Ok(server)
-    }
-
-    fn data(&self) -> String {
-        self.dir.join("data").to_string_lossy().into_owned()
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
-    }
-
-    fn run(&self, args: &[&str]) -> Result<(), String> {
-        let mut command = if self.as_postgres_user {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).args(args);
-            c
-        } else {
-            let mut c = Command::new(args[0]);
-            c.args(&args[1..]);
-            c
-        };
-        let out = command.current_dir(&self.dir).output().map_err(|e| {
-            format!(
-                "{} could not start ({e}); is PostgreSQL installed?",
-                args[0]
-            )
-        })?;
-        if !out.status.success() {
-            return Err(format!(
-                "{} failed: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        Ok(())
-    }
-
-    fn start_again(&self) -> Result<(), String> {
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
-            self.dir.display()
-        );
-        let log = self.dir.join("log").to_string_lossy().into_owned();
-        self.run(&[
-            "pg_ctl",
-            "-D",
-            &self.data(),
-            "-l",
-            &log,
-            "-o",
-            &options,
-            "-w",
-            "start",
-        ])
-    }
-
-    fn stop(&self) -> Result<(), String> {
-        self.run(&["pg_ctl", "-D", &self.data(), "-m", "fast", "-w", "stop"])
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        let _ = self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn running_as_root() -> bool {
-    // `id -u` avoids an unsafe libc call for one number.
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-fn data_dir_exists(dir: &Path) -> bool {
-    dir.join("data").join("PG_VERSION").exists()
-}
-
 /// The pool recovers when the server restarts under it: the first operation after the restart
 /// succeeds (its dead connection is dropped and it is retried on a live one), while the server
 /// is down operations fail as `Unavailable`.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pool_recovers_when_the_server_restarts() {
-    let server = match tokio::task::spawn_blocking(PrivatePostgres::start)
+    let server = tokio::task::spawn_blocking(PrivateServer::postgres)
         .await
-        .unwrap()
-    {
-        Ok(server) => server,
-        Err(why) => panic!(
-            "this test needs a private PostgreSQL server (initdb, pg_ctl; as the `postgres` \
-             user when run as root) and could not start one: {why}"
-        ),
-    };
-    assert!(data_dir_exists(&server.dir));
-    let config = Config::from_url(&server.url())
-        .unwrap()
-        .pool_size(4)
-        .connect_timeout(Duration::from_secs(2));
+        .unwrap();
+    assert!(server.dir().join("data").join("PG_VERSION").exists());
+    let config = Config::from_url(&server.url()).unwrap().pool_size(4);
     let core = SqlCore::connect(config).await.unwrap();
     let t = TestNamespace::new(core, "restart");
     // Fill the pool with several connections.
@@ -285,18 +143,12 @@ async fn the_pool_recovers_when_the_server_restarts() {
         w.await.unwrap().unwrap();
     }
 
-    let server = tokio::task::spawn_blocking(move || server.stop().map(|()| server))
-        .await
-        .unwrap()
-        .unwrap();
+    server.stop().await;
     let err = t.core.get(&t.key("restart::f", 0)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.is_retryable());
 
-    let server = tokio::task::spawn_blocking(move || server.start_again().map(|()| server))
-        .await
-        .unwrap()
-        .unwrap();
+    server.start().await;
     // Every idle connection in the pool is dead now; each operation still succeeds.
     for i in 0..8u64 {
         let entry = t.core.get(&t.key("restart::f", i)).await.unwrap();
@@ -314,4 +166,44 @@ async fn the_pool_recovers_when_the_server_restarts() {
     }
     drop(t);
     drop(server);
+}
+
+/// A private server stopped under a live core: calls fail fast as `Unavailable`, opening a core
+/// on the closed port fails fast, and the core works again by itself once the server is back.
+/// Prints what the failing calls cost.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_fails_fast_then_the_core_recovers() {
+    let server = tokio::task::spawn_blocking(PrivateServer::postgres)
+        .await
+        .unwrap();
+    support::outage::fails_fast_then_recovers(server).await;
+}
+
+/// A frozen server (every process stopped, its connections open) fails a call after the
+/// caller's deadline, and the core works again once the server runs again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_server_fails_calls_within_the_deadline() {
+    let server = tokio::task::spawn_blocking(PrivateServer::postgres)
+        .await
+        .unwrap();
+    support::outage::frozen_server_fails_within_the_deadline(server).await;
+}
+
+/// The pooled connections carry the statement timeout: a statement blocked by another
+/// session's row lock is cancelled after it, as `Unavailable`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_statement_blocked_by_a_row_lock_is_cancelled_by_the_statement_timeout() {
+    support::outage::a_locked_row_is_cancelled_by_the_statement_timeout(
+        SqlCore::from_url(&support::postgres_url()).await.unwrap(),
+        |select, locked| {
+            use diesel::Connection as _;
+            use diesel::connection::SimpleConnection as _;
+            let mut conn = PgConnection::establish(&support::postgres_url()).unwrap();
+            conn.batch_execute(&format!("BEGIN; {select};")).unwrap();
+            locked.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            conn.batch_execute("ROLLBACK").unwrap();
+        },
+    )
+    .await;
 }

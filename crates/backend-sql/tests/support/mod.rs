@@ -1,5 +1,6 @@
 //! Helpers shared by the dialect test files: one core per process and dialect, namespaces that
-//! clean up after themselves, and the backend checks every dialect runs (`backend_checks!`).
+//! clean up after themselves, the backend checks every dialect runs (`backend_checks!`), and
+//! private servers to stop and start (`servers`, `outage`).
 
 #![allow(dead_code)]
 
@@ -7,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use cachier_core::{ArgHash, Core, FuncId, Key, Namespace};
 use cachier_sql::SqlCore;
+
+pub mod outage;
+pub mod servers;
 
 /// The PostgreSQL server the tests use.
 pub fn postgres_url() -> String {
@@ -18,6 +22,16 @@ pub fn postgres_url() -> String {
 pub fn mysql_url() -> String {
     std::env::var("CACHIER_TEST_MYSQL_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
+}
+
+/// Settings for the shared test servers: the crate's defaults, except a statement timeout long
+/// enough for values near the 16 MiB limit while the whole test matrix loads the machine's two
+/// cores (a second is plenty for them on an idle machine, not under that load). Tests of the
+/// default timeouts use private servers or cores of their own.
+pub fn shared_config(url: &str) -> cachier_sql::Config {
+    cachier_sql::Config::from_url(url)
+        .expect("the test URL parses")
+        .statement_timeout(std::time::Duration::from_secs(10))
 }
 
 /// The SQLite file every test process of this crate shares.
