@@ -11,19 +11,25 @@ use mongodb::options::ConnectionString;
 pub const DEFAULT_DATABASE: &str = "cachier";
 /// The prefix put before every collection name unless [`Config::collection_prefix`] says otherwise.
 pub const DEFAULT_COLLECTION_PREFIX: &str = "cachier_";
-/// How long a call waits for a reachable server before failing, by default.
+/// How long a call waits for a reachable server before failing, by default: what a call costs
+/// while the server is down (refused or unreachable).
 ///
 /// The driver's own default is 30 seconds; a cache that blocks its caller that long during an
-/// outage does more harm than good, so this backend fails after two seconds and lets the front
+/// outage does more harm than good, so this backend fails after one second and lets the front
 /// end compute the value instead.
-pub const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long opening one connection may take, by default.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one request to the server may take, by default (a backend operation makes one
-/// request, or two or three for `release`, `remove` and the clearing operations).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one request of `get`, `set`, `claim`, `renew`, `release` or `remove` may take, by
+/// default: what a call costs while the server accepts requests but does not answer (a backend
+/// operation makes one request, or two or three for `claim`, `release` and `remove`).
 ///
-/// Generous enough for a value near the 16 MiB document limit on a slow server.
-pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// A value near the 16 MiB document limit travels well within it on a local network; raise it
+/// for slow links or slow servers.
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one request of `clear`, `clear_claims`, `delete_stale` or `clear_namespace` may
+/// take, by default: long enough to delete millions of documents.
+pub const DEFAULT_MAINTENANCE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The longest database name MongoDB accepts, in bytes.
 const MAX_DATABASE_LEN: usize = 63;
@@ -54,16 +60,30 @@ enum Source {
 /// # Ok::<(), cachier_core::Error>(())
 /// ```
 ///
-/// The timeouts apply to clients the backend builds from a URL; an existing client keeps its
-/// own, except for [`Config::operation_timeout`], which the backend enforces itself.
+/// The server selection and connect timeouts apply to clients the backend builds from a URL;
+/// an existing client keeps its own. The operation and maintenance timeouts are enforced by
+/// the backend itself, whatever the client. Each timeout is, in this order: the one set here,
+/// the URL's (`serverSelectionTimeoutMS`, `connectTimeoutMS`, and `socketTimeoutMS` for the
+/// operation timeout, which the driver itself does not implement), or the default.
+///
+/// ```
+/// use std::time::Duration;
+/// use cachier_mongo::Config;
+///
+/// let config = Config::from_url("mongodb://db.internal/app?socketTimeoutMS=2500")?;
+/// assert_eq!(config.operation_time_limit(), Duration::from_millis(2500));
+/// assert_eq!(config.server_selection_time_limit(), Duration::from_secs(1));
+/// # Ok::<(), cachier_core::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct Config {
     source: Source,
     database: Option<String>,
     collection_prefix: String,
-    server_selection_timeout: Duration,
-    connect_timeout: Duration,
-    operation_timeout: Duration,
+    server_selection_timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+    operation_timeout: Option<Duration>,
+    maintenance_timeout: Duration,
 }
 
 impl Config {
@@ -97,9 +117,18 @@ impl Config {
             source,
             database: None,
             collection_prefix: DEFAULT_COLLECTION_PREFIX.to_owned(),
-            server_selection_timeout: DEFAULT_SERVER_SELECTION_TIMEOUT,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            server_selection_timeout: None,
+            connect_timeout: None,
+            operation_timeout: None,
+            maintenance_timeout: DEFAULT_MAINTENANCE_TIMEOUT,
+        }
+    }
+
+    /// The parsed URL, if the client is built from one.
+    fn url(&self) -> Option<&ConnectionString> {
+        match &self.source {
+            Source::Url(url) => Some(url),
+            Source::Client(_) => None,
         }
     }
 
@@ -119,25 +148,34 @@ impl Config {
 
     /// How long a call waits for a reachable server before failing with
     /// [`ErrorKind::Unavailable`](cachier_core::ErrorKind::Unavailable). Applies to clients built
-    /// from a URL. Default: [`DEFAULT_SERVER_SELECTION_TIMEOUT`].
+    /// from a URL. Default: the URL's `serverSelectionTimeoutMS`, else
+    /// [`DEFAULT_SERVER_SELECTION_TIMEOUT`].
     pub fn server_selection_timeout(mut self, timeout: Duration) -> Self {
-        self.server_selection_timeout = timeout;
+        self.server_selection_timeout = Some(timeout);
         self
     }
 
     /// How long opening one connection may take. Applies to clients built from a URL.
-    /// Default: [`DEFAULT_CONNECT_TIMEOUT`].
+    /// Default: the URL's `connectTimeoutMS`, else [`DEFAULT_CONNECT_TIMEOUT`].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.connect_timeout = Some(timeout);
         self
     }
 
-    /// How long one request to the server may take before it fails with
+    /// How long one request of a per-key operation may take before it fails with
     /// [`ErrorKind::Unavailable`](cachier_core::ErrorKind::Unavailable), so a server that accepts
-    /// connections but stops answering cannot hang the caller. Default:
-    /// [`DEFAULT_OPERATION_TIMEOUT`].
+    /// connections but stops answering cannot hang the caller. Default: the URL's
+    /// `socketTimeoutMS`, else [`DEFAULT_OPERATION_TIMEOUT`].
     pub fn operation_timeout(mut self, timeout: Duration) -> Self {
-        self.operation_timeout = timeout;
+        self.operation_timeout = Some(timeout);
+        self
+    }
+
+    /// [`Config::operation_timeout`] for the requests of `clear`, `clear_claims`,
+    /// `delete_stale` and `clear_namespace`, which may touch many documents. Default:
+    /// [`DEFAULT_MAINTENANCE_TIMEOUT`].
+    pub fn maintenance_timeout(mut self, timeout: Duration) -> Self {
+        self.maintenance_timeout = timeout;
         self
     }
 
@@ -157,9 +195,31 @@ impl Config {
         &self.collection_prefix
     }
 
-    /// The per-operation time limit.
+    /// The time one request of a per-key operation may take.
+    #[allow(deprecated)] // `socket_timeout`: read as this backend's operation timeout.
     pub fn operation_time_limit(&self) -> Duration {
         self.operation_timeout
+            .or_else(|| self.url().and_then(|url| url.socket_timeout))
+            .unwrap_or(DEFAULT_OPERATION_TIMEOUT)
+    }
+
+    /// The time one request of a maintenance operation may take.
+    pub fn maintenance_time_limit(&self) -> Duration {
+        self.maintenance_timeout
+    }
+
+    /// The time a call waits for a reachable server (clients built from a URL).
+    pub fn server_selection_time_limit(&self) -> Duration {
+        self.server_selection_timeout
+            .or_else(|| self.url().and_then(|url| url.server_selection_timeout))
+            .unwrap_or(DEFAULT_SERVER_SELECTION_TIMEOUT)
+    }
+
+    /// The time opening one connection may take (clients built from a URL).
+    pub fn connect_time_limit(&self) -> Duration {
+        self.connect_timeout
+            .or_else(|| self.url().and_then(|url| url.connect_timeout))
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
     }
 
     /// The name of the collection that holds `namespace`: the prefix, then the namespace with
@@ -238,8 +298,8 @@ impl Config {
                             .with_backend(crate::BACKEND)
                             .with_operation("connect")
                     })?;
-                options.server_selection_timeout = Some(self.server_selection_timeout);
-                options.connect_timeout = Some(self.connect_timeout);
+                options.server_selection_timeout = Some(self.server_selection_time_limit());
+                options.connect_timeout = Some(self.connect_time_limit());
                 if options.app_name.is_none() {
                     options.app_name = Some("cachier".to_owned());
                 }
@@ -267,9 +327,13 @@ impl fmt::Debug for Config {
             .field("source", &source)
             .field("database", &self.database_name())
             .field("collection_prefix", &self.collection_prefix)
-            .field("server_selection_timeout", &self.server_selection_timeout)
-            .field("connect_timeout", &self.connect_timeout)
-            .field("operation_timeout", &self.operation_timeout)
+            .field(
+                "server_selection_timeout",
+                &self.server_selection_time_limit(),
+            )
+            .field("connect_timeout", &self.connect_time_limit())
+            .field("operation_timeout", &self.operation_time_limit())
+            .field("maintenance_timeout", &self.maintenance_timeout)
             .finish()
     }
 }
@@ -345,6 +409,39 @@ mod tests {
             assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
             assert!(name.starts_with(DEFAULT_COLLECTION_PREFIX));
         }
+    }
+
+    #[test]
+    fn timeouts_come_from_the_setting_then_the_url_then_the_default() {
+        let config = Config::from_url("mongodb://localhost").unwrap();
+        assert_eq!(
+            config.server_selection_time_limit(),
+            DEFAULT_SERVER_SELECTION_TIMEOUT
+        );
+        assert_eq!(config.connect_time_limit(), DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(config.operation_time_limit(), DEFAULT_OPERATION_TIMEOUT);
+        assert_eq!(config.maintenance_time_limit(), DEFAULT_MAINTENANCE_TIMEOUT);
+        assert_eq!(DEFAULT_SERVER_SELECTION_TIMEOUT, Duration::from_secs(1));
+
+        let url = "mongodb://localhost/?serverSelectionTimeoutMS=300&connectTimeoutMS=400\
+                   &socketTimeoutMS=500";
+        let config = Config::from_url(url).unwrap();
+        assert_eq!(
+            config.server_selection_time_limit(),
+            Duration::from_millis(300)
+        );
+        assert_eq!(config.connect_time_limit(), Duration::from_millis(400));
+        assert_eq!(config.operation_time_limit(), Duration::from_millis(500));
+
+        let config = config
+            .server_selection_timeout(Duration::from_secs(3))
+            .connect_timeout(Duration::from_secs(4))
+            .operation_timeout(Duration::from_secs(5))
+            .maintenance_timeout(Duration::from_secs(6));
+        assert_eq!(config.server_selection_time_limit(), Duration::from_secs(3));
+        assert_eq!(config.connect_time_limit(), Duration::from_secs(4));
+        assert_eq!(config.operation_time_limit(), Duration::from_secs(5));
+        assert_eq!(config.maintenance_time_limit(), Duration::from_secs(6));
     }
 
     #[test]

@@ -39,8 +39,13 @@ const MAX_ATTEMPTS: usize = 4;
 /// The error code of a duplicate-key write (and its legacy form).
 const DUPLICATE_KEY_CODES: [i32; 2] = [11000, 11001];
 
-/// Server codes that mean "not now": the server is shutting down, recovering or not primary.
-const UNAVAILABLE_CODES: [i32; 8] = [91, 189, 10107, 11600, 11602, 13435, 13436, 10058];
+/// Server codes that mean "not now": the server is shutting down, recovering or not primary
+/// (91, 189, 10107, 11600, 11602, 13435, 13436, 10058), cannot reach another member (6
+/// HostUnreachable, 7 HostNotFound, 89 NetworkTimeout, 9001 SocketException), or ran out of
+/// time (50 MaxTimeMSExpired, 262 ExceededTimeLimit).
+const UNAVAILABLE_CODES: [i32; 14] = [
+    91, 189, 10107, 11600, 11602, 13435, 13436, 10058, 6, 7, 89, 9001, 50, 262,
+];
 
 /// Field names of a cache document (see the crate docs for the layout).
 mod field {
@@ -146,7 +151,19 @@ impl MongoCore {
         target: &(dyn fmt::Display + Sync),
         call: impl IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> Result<mongodb::error::Result<T>> {
-        let limit = self.config.operation_time_limit();
+        self.timed_within(self.config.operation_time_limit(), operation, target, call)
+            .await
+    }
+
+    /// Runs one driver call under `limit`, keeping the driver's error for the caller to
+    /// inspect. A timeout becomes an [`ErrorKind::Unavailable`] error.
+    async fn timed_within<T>(
+        &self,
+        limit: Duration,
+        operation: &'static str,
+        target: &(dyn fmt::Display + Sync),
+        call: impl IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<mongodb::error::Result<T>> {
         match tokio::time::timeout(limit, call).await {
             Ok(result) => Ok(result),
             Err(_) => {
@@ -169,6 +186,20 @@ impl MongoCore {
         call: impl IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> Result<T> {
         self.timed(operation, target, call)
+            .await?
+            .map_err(|e| self.convert(operation, target, e))
+    }
+
+    /// Runs one driver call of a maintenance operation (which may touch many documents) under
+    /// the maintenance timeout and converts its error.
+    async fn run_maintenance<T>(
+        &self,
+        operation: &'static str,
+        target: &(dyn fmt::Display + Sync),
+        call: impl IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<T> {
+        let limit = self.config.maintenance_time_limit();
+        self.timed_within(limit, operation, target, call)
             .await?
             .map_err(|e| self.convert(operation, target, e))
     }
@@ -470,7 +501,7 @@ impl Core for MongoCore {
         let collection = self.collection(namespace);
         let target = FuncTarget(namespace, func);
         let values = self
-            .run(
+            .run_maintenance(
                 "clear",
                 &target,
                 collection.delete_many(doc! {
@@ -479,7 +510,7 @@ impl Core for MongoCore {
                 }),
             )
             .await?;
-        self.run(
+        self.run_maintenance(
             "clear",
             &target,
             collection.delete_many(doc! { field::FUNC: func.as_str() }),
@@ -493,7 +524,7 @@ impl Core for MongoCore {
         let target = FuncTarget(namespace, func);
         let now = millis(Timestamp::now());
         let live_claim_only = self
-            .run(
+            .run_maintenance(
                 "clear claims",
                 &target,
                 collection.delete_many(doc! {
@@ -504,7 +535,7 @@ impl Core for MongoCore {
             )
             .await?;
         // Documents left behind by expired claims carry nothing: remove them too.
-        self.run(
+        self.run_maintenance(
             "clear claims",
             &target,
             collection.delete_many(doc! {
@@ -514,7 +545,7 @@ impl Core for MongoCore {
         )
         .await?;
         let live_with_value = self
-            .run(
+            .run_maintenance(
                 "clear claims",
                 &target,
                 collection.update_many(
@@ -549,11 +580,11 @@ impl Core for MongoCore {
             ],
         );
         let deleted = self
-            .run("delete stale", &target, collection.delete_many(unclaimed))
+            .run_maintenance("delete stale", &target, collection.delete_many(unclaimed))
             .await?;
         // Stale values under a live claim: drop the value, keep the claim.
         let emptied = self
-            .run(
+            .run_maintenance(
                 "delete stale",
                 &target,
                 collection.update_many(
@@ -568,13 +599,13 @@ impl Core for MongoCore {
     async fn clear_namespace(&self, namespace: &Namespace) -> Result<u64> {
         let collection = self.collection(namespace);
         let values = self
-            .run(
+            .run_maintenance(
                 "clear namespace",
                 namespace,
                 collection.count_documents(doc! { field::VALUE: { "$exists": true } }),
             )
             .await?;
-        self.run("clear namespace", namespace, collection.drop())
+        self.run_maintenance("clear namespace", namespace, collection.drop())
             .await?;
         self.indexed().remove(collection.name());
         Ok(values)

@@ -4,7 +4,8 @@
 //! [`MongoCore`] implements [`cachier_core::Core`] on the official asynchronous `mongodb`
 //! driver. It is built from a [`Config`]: a `mongodb://` URL (or an existing
 //! [`mongodb::Client`]), a database and a collection prefix, and short timeouts so that an
-//! outage makes calls fail within seconds instead of the driver's default 30 seconds.
+//! outage makes calls fail within a second instead of the driver's default 30 seconds (see
+//! [Timeouts and outages](#timeouts-and-outages)).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -83,13 +84,35 @@
 //! operation over [`Config::operation_timeout`]) is
 //! [`ErrorKind::Unavailable`](cachier_core::ErrorKind::Unavailable) and retryable; every error
 //! names the operation, the backend (`mongo`) and the key or function.
+//!
+//! # Timeouts and outages
+//!
+//! | timeout | bounds | default | set with |
+//! |---|---|---|---|
+//! | server selection | waiting for a reachable server before each request | 1 s | [`Config::server_selection_timeout`], URL `serverSelectionTimeoutMS` |
+//! | connect | opening one connection | 1 s | [`Config::connect_timeout`], URL `connectTimeoutMS` |
+//! | operation | one request of `get`, `set`, `claim`, `renew`, `release`, `remove` (enforced by this backend: the driver has no socket timeout) | 1 s | [`Config::operation_timeout`], URL `socketTimeoutMS` |
+//! | maintenance | one request of `clear`, `clear_claims`, `delete_stale`, `clear_namespace` | 60 s | [`Config::maintenance_timeout`] |
+//!
+//! [`MongoCore::connect`] does not contact the server (an application must start while its
+//! cache is down): opening costs nothing, and the first call pays. What a call costs while the
+//! server is in trouble, by default:
+//!
+//! - **down** or **unreachable**: the driver waits for its monitor to find a server until the
+//!   server selection timeout, so a call fails after 1 s (measured on loopback: 1.0 s).
+//! - **hung** (connections open, nothing answers): the operation timeout, 1 s.
+//!
+//! The front end takes the first such failure for an outage and skips the backend until a
+//! probe finds it answering again. Nothing needs restarting when the server is back: the
+//! driver's monitor finds it on the next request (a failed request asks for an immediate
+//! check), and the unique index is created again in case the server came back empty.
 
 mod config;
 mod core;
 
 pub use crate::config::{
     Config, DEFAULT_COLLECTION_PREFIX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DATABASE,
-    DEFAULT_OPERATION_TIMEOUT, DEFAULT_SERVER_SELECTION_TIMEOUT,
+    DEFAULT_MAINTENANCE_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, DEFAULT_SERVER_SELECTION_TIMEOUT,
 };
 pub use crate::core::{MAX_DOCUMENT_BYTES, MAX_VALUE_BYTES, MongoCore};
 pub use mongodb;

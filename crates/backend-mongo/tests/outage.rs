@@ -1,130 +1,20 @@
-//! The server stopping mid-run: calls compute and log while it is gone, and the cache works again
-//! once it is back. Runs against a private nx-27017 started by the test on a free port, never
-//! the shared server.
+//! The server stopping mid-run: calls fail fast and compute and log while it is gone, and the
+//! cache works again once it is back. Runs against a private nx-27017 started by the test on a
+//! free port (`common::server`), never the shared server.
 
 mod common;
 
 use std::io::Write;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use cachier_core::conformance::Outage;
 use cachier_core::{Cachier, Claim, Core, ErrorKind, FuncId, Key, Timestamp};
 use cachier_mongo::MongoCore;
 use common::TestNamespace;
-
-/// Where the server binary may be named explicitly.
-const BIN_VAR: &str = "CACHIER_NX27017_BIN";
-const INSTALL_HINT: &str = "cargo xtask setup-mongo (or: python3 -m venv DIR && DIR/bin/pip install \
-                            'nx-27017==0.8.1' 'neosqlite==1.17.2', then set CACHIER_NX27017_BIN=DIR/bin/nx-27017)";
-
-/// The nx-27017 binary: `$CACHIER_NX27017_BIN` (set by `cargo xtask test`), else `nx-27017` on
-/// `PATH`, else the one `cargo xtask setup-mongo` installs under the target directory.
-fn server_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os(BIN_VAR).filter(|b| !b.is_empty()) {
-        let bin = PathBuf::from(bin);
-        assert!(bin.is_file(), "{BIN_VAR}={} is not a file", bin.display());
-        return bin;
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("nx-27017"))
-            .find(|candidate| candidate.is_file())
-    });
-    if let Some(bin) = on_path {
-        return bin;
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let xtask_installed = target.join("xtask/nx-venv/bin/nx-27017");
-    assert!(
-        xtask_installed.is_file(),
-        "this test starts its own MongoDB wire server and found no nx-27017 \
-         ({BIN_VAR} unset, none on PATH, none at {}). Install it: {INSTALL_HINT}",
-        xtask_installed.display()
-    );
-    xtask_installed
-}
-
-/// A private nx-27017 process, killed when dropped.
-struct PrivateServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl PrivateServer {
-    fn start_on_free_port() -> Self {
-        let port = {
-            let listener = TcpListener::bind("127.0.0.1:0").expect("a free local port");
-            listener.local_addr().expect("a bound address").port()
-        };
-        let mut server = PrivateServer {
-            child: None,
-            port,
-            dir: tempfile::tempdir().expect("a temporary directory"),
-        };
-        server.start();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("mongodb://127.0.0.1:{}", self.port)
-    }
-
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let dir = self.dir.path().to_owned();
-        let child = Command::new(server_binary())
-            .args(["--host", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(["--data-dir", "memory"])
-            .arg("--log-file")
-            .arg(dir.join("server.log"))
-            .arg("--pid-file")
-            .arg(dir.join("server.pid"))
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start nx-27017 ({e}); install it: {INSTALL_HINT}"));
-        self.child = Some(child);
-        self.wait_until_listening(&dir);
-    }
-
-    fn wait_until_listening(&mut self, dir: &Path) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
-                panic!("nx-27017 exited with {status} before listening:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("nx-27017 did not listen on port {} within 20 s", self.port);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+use common::server::{OutageServer, PrivateServer};
 
 /// Collects log lines, so the test can check that outages are logged.
 #[derive(Clone, Default)]
@@ -264,17 +154,6 @@ async fn calls_compute_and_log_while_the_server_is_down_then_recover() {
     );
 }
 
-/// Sends `signal` (`STOP`, `CONT`) to the private server's process.
-fn signal(server: &PrivateServer, signal: &str) {
-    let pid = server.child.as_ref().expect("the server runs").id();
-    let status = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("kill(1) runs");
-    assert!(status.success(), "kill -{signal} {pid} failed");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_that_stops_answering_times_out_as_unavailable() {
     let server = PrivateServer::start_on_free_port();
@@ -293,11 +172,11 @@ async fn a_server_that_stops_answering_times_out_as_unavailable() {
         .unwrap();
 
     // Frozen, the server keeps its connections open but answers nothing.
-    signal(&server, "STOP");
+    server.signal("STOP");
     let started = Instant::now();
     let outcome = core.get(&key).await;
     let took = started.elapsed();
-    signal(&server, "CONT");
+    server.signal("CONT");
     let err = outcome.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(took < Duration::from_secs(5), "a stalled get took {took:?}");
@@ -313,4 +192,103 @@ async fn a_server_that_stops_answering_times_out_as_unavailable() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The outage hooks of the conformance suite, end to end: a core with the default settings on
+/// the private server fails fast as `Unavailable` once it is stopped, and works again by itself
+/// once it is started. Prints what the failing calls cost, and what opening a core on the
+/// closed port costs (nothing: the backend connects lazily; its first call pays).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_fails_fast_then_the_core_recovers() {
+    common::init_logging();
+    let server = OutageServer::start();
+    let core = server.core().await;
+    let ns = TestNamespace::on("outage_hooks", server.config());
+    let key = Key::new(
+        ns.namespace.clone(),
+        FuncId::new("cachier_mongo::tests::outage_hooks").unwrap(),
+        cachier_core::ArgHash::of(&1u8).unwrap(),
+    );
+    core.set(&key, Bytes::from_static(b"before"), Timestamp::now())
+        .await
+        .unwrap();
+    assert!(core.get(&key).await.unwrap().is_some());
+
+    server.stop().await;
+    let started = Instant::now();
+    let first = core.get(&key).await;
+    let first_get = started.elapsed();
+    let started = Instant::now();
+    let second = core.get(&key).await;
+    let second_get = started.elapsed();
+    let started = Instant::now();
+    let maintenance = [
+        core.remove(&key).await.map(drop),
+        core.clear(&ns.namespace, &key.func).await.map(drop),
+        core.clear_claims(&ns.namespace, &key.func).await.map(drop),
+        core.delete_stale(&ns.namespace, &key.func, Timestamp::now())
+            .await
+            .map(drop),
+        core.clear_namespace(&ns.namespace).await.map(drop),
+    ];
+    let five_maintenance = started.elapsed();
+    let started = Instant::now();
+    let opened = MongoCore::connect(server.config()).await.unwrap();
+    let open = started.elapsed();
+    let started = Instant::now();
+    let fresh = opened.get(&key).await;
+    let fresh_get = started.elapsed();
+    println!(
+        "outage costs ({}): first get after stop {first_get:?}, next get {second_get:?}, \
+         5 maintenance calls {five_maintenance:?}, opening a core on the closed port {open:?} \
+         (lazy), its first get {fresh_get:?}",
+        server.url()
+    );
+    for (what, outcome) in [
+        ("first get", first.map(drop)),
+        ("next get", second.map(drop)),
+        ("a fresh core's get", fresh.map(drop)),
+    ]
+    .into_iter()
+    .chain(maintenance.into_iter().map(|m| ("a maintenance call", m)))
+    {
+        let err = outcome.expect_err(what);
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{what}: {err}");
+        assert!(err.is_retryable(), "{what}: {err}");
+    }
+    for (what, took) in [
+        ("first get", first_get),
+        ("next get", second_get),
+        ("a fresh core's get", fresh_get),
+    ] {
+        assert!(took < Duration::from_secs(3), "{what} took {took:?}");
+    }
+
+    server.start().await;
+    let started = Instant::now();
+    loop {
+        match core.get(&key).await {
+            // The store is in memory: the restarted server is empty.
+            Ok(entry) => break assert_eq!(entry, None),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "still failing {:?} after the server came back: {e}",
+                    started.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    println!(
+        "outage recovery ({}): the first get succeeded {:?} after the server answered",
+        server.url(),
+        started.elapsed()
+    );
+    core.set(&key, Bytes::from_static(b"after"), Timestamp::now())
+        .await
+        .unwrap();
+    let entry = core.get(&key).await.unwrap().unwrap();
+    assert_eq!(entry.value.as_deref(), Some(&b"after"[..]));
 }

@@ -1,7 +1,10 @@
-//! Shared helpers of the MongoDB backend's tests: the server to use, a core connected to it, and
-//! a namespace per test that is dropped afterwards, also when the test fails.
+//! Shared helpers of the MongoDB backend's tests: the server to use, a core connected to it, a
+//! namespace per test that is dropped afterwards, also when the test fails, and private servers
+//! to stop and start (`server`).
 
 #![allow(dead_code)] // Each test file uses its own subset.
+
+pub mod server;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -29,13 +32,17 @@ pub fn config() -> Config {
     config_for(&url())
 }
 
-/// Settings for the server at `url`, with short timeouts.
+/// Settings for the server at `url`, with short timeouts so a missing server fails fast, and an
+/// operation timeout long enough for nx-27017 (a Python server) to store values near the
+/// 16 MiB limit, or serve 64 concurrent claims, while the whole test matrix loads the machine's
+/// two cores. Tests of the default timeouts use [`server::OutageServer::config`].
 pub fn config_for(url: &str) -> Config {
     Config::from_url(url)
         .unwrap_or_else(|e| panic!("{URL_VAR}={url:?} is not a usable MongoDB URL: {e}"))
         .database(TEST_DATABASE)
         .server_selection_timeout(Duration::from_secs(2))
         .connect_timeout(Duration::from_secs(2))
+        .operation_timeout(Duration::from_secs(10))
 }
 
 /// Sends `tracing` output (warnings and up, or as `RUST_LOG` says) to the test's captured
