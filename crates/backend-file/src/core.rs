@@ -63,6 +63,22 @@ impl FileCore {
             .with_backend(BACKEND)
         })?;
         std::fs::create_dir_all(&root).map_err(|source| {
+            // A regular file where the directory (or one of its parents) should be is a
+            // mistake in the configuration, not a failure of the file system.
+            if matches!(
+                source.kind(),
+                io::ErrorKind::AlreadyExists | io::ErrorKind::NotADirectory
+            ) {
+                return Error::config(format!(
+                    "cannot use {} as the cache directory: it, or one of its parents, exists \
+                     and is not a directory",
+                    root.display()
+                ))
+                .with_operation("open")
+                .with_backend(BACKEND)
+                .with_key(root.display())
+                .with_source(source);
+            }
             fs_error(
                 FsError {
                     action: "create the cache directory",

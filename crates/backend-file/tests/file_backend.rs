@@ -569,6 +569,24 @@ async fn a_read_only_directory_is_a_clear_error_and_reads_still_work() {
     assert_eq!(value(&core, &k).await.as_deref(), Some(&b"kept"[..]));
 }
 
+#[test]
+fn a_regular_file_as_the_directory_is_a_config_error_naming_the_path() {
+    let dir = TestDir::new();
+    fs::create_dir_all(dir.0.path()).unwrap();
+    let file = dir.0.path().join("not-a-directory");
+    fs::write(&file, b"x").unwrap();
+    for path in [file.clone(), file.join("below")] {
+        let err = FileCore::open(Config::new(&path)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+        assert_eq!(err.operation(), Some("open"));
+        assert_eq!(err.backend(), Some("file"));
+        assert!(
+            err.to_string().contains(&*path.to_string_lossy()),
+            "the message names the path: {err}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn wait_wakes_on_set_release_and_lease_expiry() {
     let dir = TestDir::new();
