@@ -555,6 +555,8 @@ fn name_filter(options: &RunOptions) -> Vec<String> {
 
 /// Tests of one SQL server that run at once (see [`write_tool_config`]).
 const DATABASE_TESTS_AT_ONCE: usize = 6;
+/// Tests of the MongoDB wire server that run at once (see [`write_tool_config`]).
+const MONGO_TESTS_AT_ONCE: usize = 4;
 
 /// Writes the nextest tool configuration: profile `xtask` with retries for flaky tests only,
 /// a per-test time limit, a JUnit report that keeps the output of passing tests, and a cap on
@@ -577,12 +579,18 @@ fn write_tool_config(retries: u32) -> Result<std::path::PathBuf, String> {
          [test-groups]\n\
          '@tool:xtask:postgres' = {{ max-threads = {DATABASE_TESTS_AT_ONCE} }}\n\
          '@tool:xtask:mysql' = {{ max-threads = {DATABASE_TESTS_AT_ONCE} }}\n\
+         # The MongoDB wire server answers one request at a time: more tests at once only\n\
+         # lengthen its queue.\n\
+         '@tool:xtask:mongo' = {{ max-threads = {MONGO_TESTS_AT_ONCE} }}\n\
          [[profile.xtask.overrides]]\n\
          filter = 'package(=cachier-sql) & binary(~postgres)'\n\
          test-group = '@tool:xtask:postgres'\n\
          [[profile.xtask.overrides]]\n\
          filter = 'package(=cachier-sql) & binary(~mysql)'\n\
-         test-group = '@tool:xtask:mysql'\n"
+         test-group = '@tool:xtask:mysql'\n\
+         [[profile.xtask.overrides]]\n\
+         filter = 'package(=cachier-mongo)'\n\
+         test-group = '@tool:xtask:mongo'\n"
     );
     std::fs::create_dir_all(workspace::xtask_dir())
         .and_then(|()| std::fs::write(&path, text))
