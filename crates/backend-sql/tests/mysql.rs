@@ -78,7 +78,7 @@ async fn migrations_race_across_processes() {
         return;
     }
     let url = support::mysql_url();
-    let table = unique_table("race");
+    let table = unique_table("t_race");
     let _drop = DropTable {
         url: url.clone(),
         table: table.clone(),

@@ -73,7 +73,7 @@ async fn migrations_race_across_processes() {
         return;
     }
     let url = support::postgres_url();
-    let table = unique_table("race");
+    let table = unique_table("t_race");
     let _drop = DropTable {
         url: url.clone(),
         table: table.clone(),

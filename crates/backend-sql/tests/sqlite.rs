@@ -147,7 +147,7 @@ async fn migrations_race_across_processes() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let path = dir.path().join("race.db");
     let url = format!("sqlite://{}", path.display());
-    let table = unique_table("race");
+    let table = unique_table("t_race");
     support::run_children("migrations_race_across_processes", &url, &table, 4);
     let path_text = path.to_string_lossy().into_owned();
     let count = tokio::task::spawn_blocking(move || {

@@ -666,7 +666,9 @@ pub fn run_children(test: &str, url: &str, table: &str, n: usize) {
     }
 }
 
-/// A table name unique to this run (lowercase, within the length limit).
+/// A table name unique to this run (lowercase, within the length limit). Tests name their tables
+/// `t_...` with their pid, like namespaces, so a table an interrupted run leaves behind is found
+/// (and removed) by xtask's leftover check.
 pub fn unique_table(prefix: &str) -> String {
     let name = unique(prefix).to_ascii_lowercase();
     name.chars().take(cachier_sql::MAX_TABLE_NAME_LEN).collect()
