@@ -41,6 +41,12 @@ const LONGER_LIMITS: &[(&str, Duration)] = &[
         "outage_private_server_stopped_mid_run",
         Duration::from_secs(180),
     ),
+    // Ten operations of up to 5 s each against a stopped server, then up to 20 s for it to
+    // answer again.
+    (
+        "outage_storage_fails_fast_and_recovers",
+        Duration::from_secs(180),
+    ),
 ];
 
 /// The time limit of the check named `check`: its own in `LONGER_LIMITS`, else

@@ -442,6 +442,7 @@ macro_rules! __conformance_checks {
             stats_are_counted,
             outage_skips_an_unavailable_backend,
             outage_private_server_stopped_mid_run,
+            outage_storage_fails_fast_and_recovers,
             call_blocking_works_in_and_out_of_runtime,
             scopes_are_unique_and_cleaned,
             cross_process_single_flight,

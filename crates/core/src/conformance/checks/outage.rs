@@ -4,9 +4,11 @@
 //! `outage_skips_an_unavailable_backend` cuts the backend under test off inside the process (a
 //! wrapper that fails every operation with `Unavailable` after a delay, like a connect timeout),
 //! so it runs on every backend and counts exactly which operations still reach it.
-//! `outage_private_server_stopped_mid_run` stops a real private server of the check's own, given
-//! by the backend's [`Outage`](crate::conformance::Outage) factory; it is skipped for backends
-//! without one (in-process and embedded stores have no server to lose).
+//! `outage_storage_fails_fast_and_recovers` and `outage_private_server_stopped_mid_run` stop a
+//! real private server of the check's own, given by the backend's
+//! [`Outage`](crate::conformance::Outage) factory — the first speaks to the core, the second goes
+//! through the front end; they are skipped for backends without one (in-process and embedded
+//! stores have no server to lose).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
@@ -229,10 +231,7 @@ pub async fn outage_skips_an_unavailable_backend(h: &Harness) -> Outcome {
 /// seconds of the server's return the cache is used again. Prints the measured costs.
 pub async fn outage_private_server_stopped_mid_run(h: &Harness) -> Outcome {
     let Some(outage) = h.outage().await else {
-        return Outcome::Skipped(
-            "no outage factory: the backend has no server of its own to stop \
-             (in-process or embedded)",
-        );
+        return Outcome::Skipped(NO_OUTAGE_FACTORY);
     };
     let s = Scope {
         core: outage.core().await,
@@ -318,4 +317,102 @@ pub async fn outage_private_server_stopped_mid_run(h: &Harness) -> Outcome {
     println!("{line}");
     eprintln!("{line}");
     Outcome::Passed
+}
+
+/// What the checks of a backend without an outage factory are skipped for.
+const NO_OUTAGE_FACTORY: &str = "no outage factory: the backend has no server of its own to stop \
+                                 (in-process or embedded)";
+
+/// The longest an operation on a stopped server may take to fail. The backends of this
+/// project fail within about a second; this leaves room for a loaded machine.
+const FAIL_WITHIN: Duration = Duration::from_secs(5);
+
+/// Against a stopped server every operation of the core fails, soon, with a retryable
+/// `Unavailable` error (the kind the front end skips a backend for); once the server is back the
+/// same core works again by itself, without being opened anew.
+pub async fn outage_storage_fails_fast_and_recovers(h: &Harness) -> Outcome {
+    let Some(outage) = h.outage().await else {
+        return Outcome::Skipped(NO_OUTAGE_FACTORY);
+    };
+    let s = Scope {
+        core: outage.core().await,
+        namespace: unique_namespace(h.test_name()),
+    };
+    let key = s.key("f", &1u8);
+    let func = key.func.clone();
+    s.core
+        .set(&key, Bytes::from_static(b"before"), Timestamp::now())
+        .await
+        .expect("set before the outage");
+
+    h.step("stopping the private server");
+    outage.stop().await;
+    let lease = Duration::from_secs(10);
+    let token = ClaimToken::generate();
+    let ns = &s.namespace;
+    let operations: Vec<(&str, Result<()>)> = vec![
+        ("get", timed(s.core.get(&key)).await),
+        ("get_value", timed(s.core.get_value(&key)).await),
+        (
+            "set",
+            timed(s.core.set(&key, Bytes::from_static(b"x"), Timestamp::now())).await,
+        ),
+        ("claim", timed(s.core.claim(&key, lease)).await),
+        ("renew", timed(s.core.renew(&key, &token, lease)).await),
+        ("release", timed(s.core.release(&key, &token)).await),
+        ("remove", timed(s.core.remove(&key)).await),
+        ("clear", timed(s.core.clear(ns, &func)).await),
+        ("clear_claims", timed(s.core.clear_claims(ns, &func)).await),
+        (
+            "delete_stale",
+            timed(s.core.delete_stale(ns, &func, Timestamp::now())).await,
+        ),
+    ];
+    for (operation, outcome) in operations {
+        let err = match outcome {
+            Ok(()) => panic!("{operation} succeeded against a stopped server"),
+            Err(err) => err,
+        };
+        assert_eq!(
+            err.kind(),
+            ErrorKind::Unavailable,
+            "{operation} against a stopped server: {err}"
+        );
+        assert!(err.is_retryable(), "{operation}: {err} is not retryable");
+    }
+
+    h.step("starting the private server again and waiting for the core to reach it");
+    outage.start().await;
+    let back = eventually(Duration::from_secs(20), || async {
+        s.core.get(&key).await.is_ok()
+    })
+    .await;
+    assert!(back, "the core still fails 20 s after its server came back");
+    s.core
+        .set(&key, Bytes::from_static(b"after"), Timestamp::now())
+        .await
+        .expect("set after the outage");
+    let entry = s
+        .core
+        .get(&key)
+        .await
+        .expect("get")
+        .expect("the value just set");
+    assert_eq!(entry.value.as_deref(), Some(&b"after"[..]));
+    Outcome::Passed
+}
+
+/// Runs one operation against a stopped server: an error within [`FAIL_WITHIN`], or a panic
+/// naming how long it took.
+async fn timed<T>(operation: impl std::future::Future<Output = Result<T>>) -> Result<()> {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(FAIL_WITHIN, operation).await;
+    match outcome {
+        Ok(result) => result.map(drop),
+        Err(_) => panic!(
+            "an operation on a stopped server did not fail within {FAIL_WITHIN:?} (after {:?}): \
+             set connect and request timeouts",
+            started.elapsed()
+        ),
+    }
 }
