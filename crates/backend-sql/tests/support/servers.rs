@@ -301,6 +301,16 @@ impl PrivateServer {
     /// Sessions opened while it is frozen wait in the listen queue.
     pub fn freeze(&self) {
         self.signal_group("STOP");
+        // kill(1) returns once the signal is sent, not once it took effect: a query that
+        // arrives first may still be answered. Wait until every thread shows it is stopped.
+        let pid = self.child().as_ref().map(Child::id);
+        let pid = pid.expect("the private server runs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !server_processes(pid).into_iter().all(all_threads_stopped)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Lets a frozen server run again (SIGCONT).
@@ -425,6 +435,21 @@ fn server_processes(pid: u32) -> Vec<u32> {
 }
 
 /// Sends `signal` (`INT`, `QUIT`, ...) to `pid` with kill(1).
+/// Whether every thread of `pid` is stopped by a signal (state `T` in `/proc/PID/task/*/stat`);
+/// a process that is gone counts as stopped.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).map_or(true, |stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T" || state == "t")
+        })
+    })
+}
+
 fn signal(pid: u32, signal: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{signal}"))
