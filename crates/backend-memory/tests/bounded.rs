@@ -263,3 +263,31 @@ async fn stale_values_removed_count_as_expirations() {
     assert_eq!(core.stats().evictions, 0);
     assert!(core.is_empty());
 }
+
+/// On a backend without expiry of its own, `expire_after` removes expired values through
+/// `delete_stale` in the background, once per `cleanup_interval`, counted as expirations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expire_after_removes_expired_values_in_the_background() {
+    let core = Arc::new(MemoryCore::new());
+    let cache = Cachier::builder(core.clone())
+        .expire_after(Duration::from_millis(50))
+        .cleanup_stale(false, Duration::from_millis(10))
+        .build();
+    let f = cache.function(func_id!("expiring"));
+    for i in 0..10u64 {
+        f.call(&i, move || async move { i }).await.expect("call");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // This call starts the cleanup; the ten older values are past their expiry.
+    f.call(&100u64, || async { 100u64 }).await.expect("call");
+    let started = Instant::now();
+    while core.stats().expirations < 10 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "expired values not removed: {:?}",
+            core.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(core.len(), 1, "only the value stored last stays");
+}

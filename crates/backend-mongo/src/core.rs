@@ -12,7 +12,7 @@ use cachier_core::{
     Capabilities, Claim, ClaimToken, Core, Entry, Error, ErrorKind, FuncId, Key, Namespace, Result,
     Timestamp,
 };
-use mongodb::bson::{Binary, Bson, Document, doc, spec::BinarySubtype};
+use mongodb::bson::{Binary, Bson, DateTime, Document, doc, spec::BinarySubtype};
 use mongodb::error::{ErrorKind as DriverErrorKind, WriteFailure};
 use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, Database, IndexModel};
@@ -32,6 +32,10 @@ pub const MAX_VALUE_BYTES: u64 = MAX_DOCUMENT_BYTES - 1024;
 
 /// The name of the unique index on `(func, key)`.
 const INDEX_NAME: &str = "func_key";
+
+/// The name of the TTL index on `expire_at`: the server removes a document once its
+/// `expire_at` date has passed.
+const TTL_INDEX_NAME: &str = "expire_at";
 
 /// How often a write that lost a race for a cold key's insert is tried again.
 const MAX_ATTEMPTS: usize = 4;
@@ -56,6 +60,7 @@ mod field {
     pub const STORED_AT: &str = "stored_at";
     pub const CLAIM_UNTIL: &str = "claim_until";
     pub const CLAIM_TOKEN: &str = "claim_token";
+    pub const EXPIRE_AT: &str = "expire_at";
 }
 
 /// A [`Core`] that keeps entries in a MongoDB database: one collection per namespace, one
@@ -268,13 +273,79 @@ impl MongoCore {
                         .build(),
                 )
                 .build();
-            self.run(operation, key, collection.create_index(index))
+            let ttl = IndexModel::builder()
+                .keys(doc! { field::EXPIRE_AT: 1 })
+                .options(
+                    IndexOptions::builder()
+                        .expire_after(Duration::ZERO)
+                        .name(TTL_INDEX_NAME.to_owned())
+                        .build(),
+                )
+                .build();
+            self.run(operation, key, collection.create_indexes([index, ttl]))
                 .await?;
-            debug!(collection = %collection.name(), "unique (func, key) index in place");
+            debug!(collection = %collection.name(), "unique (func, key) and TTL indexes in place");
             Ok::<(), Error>(())
         })
         .await?;
         Ok(collection)
+    }
+
+    /// `set`, with an `expire_at` date for the TTL index when `expire_after` is given; without
+    /// it, any earlier `expire_at` is removed, so the value stays.
+    async fn store(
+        &self,
+        key: &Key,
+        value: Bytes,
+        stored_at: Timestamp,
+        expire_after: Option<Duration>,
+    ) -> Result<()> {
+        if value.len() as u64 > MAX_VALUE_BYTES {
+            return Err(Error::too_large(format!(
+                "a value of {} bytes exceeds the MongoDB backend's limit of {MAX_VALUE_BYTES} bytes \
+                 (a document holds at most 16 MiB)",
+                value.len()
+            ))
+            .with_operation("set")
+            .with_backend(BACKEND)
+            .with_key(key));
+        }
+        let collection = self.indexed_collection("set", key).await?;
+        let stored_at = millis(stored_at);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut set = doc! {
+                field::VALUE: Binary { subtype: BinarySubtype::Generic, bytes: value.to_vec() },
+                field::STORED_AT: stored_at,
+            };
+            let mut unset = doc! { field::CLAIM_UNTIL: "", field::CLAIM_TOKEN: "" };
+            match expire_after {
+                Some(expire) => {
+                    let at = Timestamp::now().add(expire).as_millis();
+                    let at = DateTime::from_millis(i64::try_from(at).unwrap_or(i64::MAX));
+                    set.insert(field::EXPIRE_AT, at);
+                }
+                None => {
+                    unset.insert(field::EXPIRE_AT, "");
+                }
+            }
+            let update = doc! {
+                "$set": set,
+                "$unset": unset,
+                "$setOnInsert": { field::ID: document_id(key) },
+            };
+            let call = collection.update_one(key_filter(key), update).upsert(true);
+            match self.timed("set", key, call).await? {
+                Ok(_) => return Ok(()),
+                // Another writer inserted the document first: it exists now, so the next
+                // attempt updates it.
+                Err(e) if is_duplicate_key(&e) && attempt < MAX_ATTEMPTS => {
+                    debug!(%key, attempt, "set lost an insert race, trying again");
+                }
+                Err(e) => return Err(self.convert("set", key, e)),
+            }
+        }
     }
 
     /// Takes the claim of a document read after a refused claim whose `claim_until` is no live
@@ -334,40 +405,17 @@ impl Core for MongoCore {
     }
 
     async fn set(&self, key: &Key, value: Bytes, stored_at: Timestamp) -> Result<()> {
-        if value.len() as u64 > MAX_VALUE_BYTES {
-            return Err(Error::too_large(format!(
-                "a value of {} bytes exceeds the MongoDB backend's limit of {MAX_VALUE_BYTES} bytes \
-                 (a document holds at most 16 MiB)",
-                value.len()
-            ))
-            .with_operation("set")
-            .with_backend(BACKEND)
-            .with_key(key));
-        }
-        let collection = self.indexed_collection("set", key).await?;
-        let stored_at = millis(stored_at);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let update = doc! {
-                "$set": {
-                    field::VALUE: Binary { subtype: BinarySubtype::Generic, bytes: value.to_vec() },
-                    field::STORED_AT: stored_at,
-                },
-                "$unset": { field::CLAIM_UNTIL: "", field::CLAIM_TOKEN: "" },
-                "$setOnInsert": { field::ID: document_id(key) },
-            };
-            let call = collection.update_one(key_filter(key), update).upsert(true);
-            match self.timed("set", key, call).await? {
-                Ok(_) => return Ok(()),
-                // Another writer inserted the document first: it exists now, so the next
-                // attempt updates it.
-                Err(e) if is_duplicate_key(&e) && attempt < MAX_ATTEMPTS => {
-                    debug!(%key, attempt, "set lost an insert race, trying again");
-                }
-                Err(e) => return Err(self.convert("set", key, e)),
-            }
-        }
+        self.store(key, value, stored_at, None).await
+    }
+
+    async fn set_expiring(
+        &self,
+        key: &Key,
+        value: Bytes,
+        stored_at: Timestamp,
+        expire_after: Duration,
+    ) -> Result<()> {
+        self.store(key, value, stored_at, Some(expire_after)).await
     }
 
     async fn claim(&self, key: &Key, lease: Duration) -> Result<Claim> {

@@ -38,6 +38,7 @@
 //!   | `stored_at`   | 64-bit integer    | when the value was stored, UTC ms since the epoch    |
 //!   | `claim_until` | 64-bit integer    | when the claim's lease ends; absent without a claim  |
 //!   | `claim_token` | string            | the holder's [`cachier_core::ClaimToken`]            |
+//!   | `expire_at`   | date              | when the server removes the document (TTL index); only with `expire_after` |
 //!
 //! - **A unique index on `(func, key)`**, named `func_key`, created the first time this process
 //!   writes to a collection, once however many callers arrive together (and again after the server was unreachable, since it may have come
@@ -45,6 +46,9 @@
 //!   document is inserted, makes two concurrent inserts of the same key collide on the `_id`
 //!   index even if the `(func, key)` index was dropped meanwhile, so a key never has two
 //!   documents.
+//!
+//! - **A TTL index on `expire_at`** (`expireAfterSeconds: 0`), named `expire_at`, created with
+//!   the unique index. Documents without `expire_at` are never touched by it.
 //!
 //! # Operations
 //!
@@ -66,6 +70,23 @@
 //! - `clear`, `clear_claims` and `delete_stale` filter on the exact `func` string, so `foo`
 //!   never touches `foo_bar`. `delete_stale` keeps a live claim and drops only the stale value.
 //! - `wait` polls `get` with backoff (the [`cachier_core::Core`] default).
+//!
+//! # Store-side expiry
+//!
+//! With the front end's `expire_after` ([`Settings::expire_after`](cachier_core::Settings)),
+//! [`Core::set_expiring`](cachier_core::Core::set_expiring) writes `expire_at` = now +
+//! `expire_after` along with the value; a plain `set` removes it. The server's TTL monitor then
+//! deletes the document by itself — on MongoDB it runs once a minute, so a document goes up to
+//! about a minute after its date (and reads still return it until then; the front end judges
+//! freshness by `stored_at` as always). MongoDB counts the deletions in `serverStatus`
+//! (`metrics.ttl.deletedDocuments`).
+//!
+//! Value and claim share one document: a claim taken on a key whose stored value reaches its
+//! `expire_at` while the claim's computation runs is deleted with the document, and another
+//! caller may then claim and compute the same key. Since `expire_after` is never shorter than
+//! `stale_after`, this needs a stale value recomputed just as it expires; it costs at most one
+//! duplicate computation, never a wrong value. MongoDB has no memory-pressure eviction of
+//! documents, so nothing else removes a claim early.
 //!
 //! Only operations that real MongoDB and MongoDB-compatible servers both implement are used:
 //! no `$setOnInsert` with `find_one_and_update`, no transactions, no change streams.

@@ -555,3 +555,101 @@ async fn an_absent_server_fails_fast_as_unavailable() {
         started.elapsed()
     );
 }
+
+/// An entry stored with an expiry carries an `expire_at` date under a TTL index, and the server
+/// removes its document by itself (seen in the collection, not through the core); a plain `set`
+/// removes the date again. Real MongoDB's TTL monitor runs once a minute, so this waits up to
+/// two; nx-27017 purges on its next operation.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expiring_entry_disappears_from_the_store() {
+    let core = common::connect().await;
+    let ns = TestNamespace::new("expiring");
+    let f = func("expiring");
+    let (brief, kept) = (key(&ns, &f, 1), key(&ns, &f, 2));
+    core.set_expiring(
+        &kept,
+        Bytes::from_static(b"kept"),
+        Timestamp::now(),
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
+    core.set(&kept, Bytes::from_static(b"kept"), Timestamp::now())
+        .await
+        .unwrap();
+    let Claim::Acquired(_) = core.claim(&brief, Duration::from_secs(30)).await.unwrap() else {
+        panic!("claim on a fresh key");
+    };
+    core.set_expiring(
+        &brief,
+        Bytes::from_static(b"brief"),
+        Timestamp::now(),
+        Duration::from_millis(500),
+    )
+    .await
+    .unwrap();
+    let entry = core
+        .get(&brief)
+        .await
+        .unwrap()
+        .expect("readable before it expires");
+    assert_eq!(entry.value.as_deref(), Some(&b"brief"[..]));
+    assert_eq!(
+        entry.claim_until, None,
+        "set_expiring ends the claim like set"
+    );
+
+    let collection = core.collection(&ns.namespace);
+    let doc = collection
+        .find_one(doc! { "key": brief.hash.to_hex() })
+        .await
+        .unwrap()
+        .expect("the document");
+    // MongoDB keeps the BSON date; nx-27017 stores dates as ISO text (and purges by it).
+    assert!(
+        matches!(
+            doc.get("expire_at"),
+            Some(Bson::DateTime(_) | Bson::String(_))
+        ),
+        "an expire_at date: {doc}"
+    );
+    let kept_doc = collection
+        .find_one(doc! { "key": kept.hash.to_hex() })
+        .await
+        .unwrap()
+        .expect("the document");
+    assert!(
+        kept_doc.get("expire_at").is_none(),
+        "a plain set removes the date: {kept_doc}"
+    );
+    let mut ttl_index = false;
+    let mut indexes = collection.list_indexes().await.unwrap();
+    while indexes.advance().await.unwrap() {
+        let index = indexes.deserialize_current().unwrap();
+        let keys: Vec<&str> = index.keys.keys().map(String::as_str).collect();
+        if keys == ["expire_at"]
+            && index.options.and_then(|o| o.expire_after) == Some(Duration::ZERO)
+        {
+            ttl_index = true;
+        }
+    }
+    assert!(ttl_index, "a TTL index on expire_at exists");
+
+    let started = std::time::Instant::now();
+    loop {
+        let left = documents(&core, &ns, doc! { "key": brief.hash.to_hex() }).await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(130),
+            "the document is still stored 130 s after a 500 ms expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        documents(&core, &ns, doc! { "key": kept.hash.to_hex() }).await,
+        1,
+        "the value stored without expiry stays"
+    );
+}

@@ -230,6 +230,48 @@ impl RedisCore {
         self.unlink_claims(&claims, operation).await?;
         self.unlink(&entries, operation).await
     }
+
+    /// `set`, with a `PX` expiry on the entry when `expire_after` is given (at least 1 ms: Redis
+    /// refuses `PX 0`). The claim key keeps its own lease; the entry's expiry is independent
+    /// of it.
+    async fn store(
+        &self,
+        key: &Key,
+        value: Bytes,
+        stored_at: Timestamp,
+        expire_after: Option<Duration>,
+    ) -> Result<()> {
+        if value.len() as u64 > MAX_VALUE_BYTES {
+            return Err(Error::too_large(format!(
+                "a value of {} bytes exceeds Redis' limit of {MAX_VALUE_BYTES} bytes",
+                value.len()
+            ))
+            .with_operation("set")
+            .with_backend(BACKEND)
+            .with_key(key));
+        }
+        let packed = layout::pack_entry(&value, stored_at);
+        let (entry_key, claim_key) = layout::entry_and_claim_keys(key);
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("SET").arg(entry_key).arg(packed);
+        if let Some(expire) = expire_after {
+            // Capped far below the point where Redis refuses an expiry as out of range.
+            pipe.arg("PX").arg(lease_millis(expire).min(1 << 52));
+        }
+        let _: () = pipe
+            .ignore()
+            .cmd("DEL")
+            .arg(claim_key)
+            .ignore()
+            .cmd("PUBLISH")
+            .arg(layout::wake_channel(key))
+            .arg("set")
+            .ignore()
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| redis_error("set", e).with_key(key))?;
+        Ok(())
+    }
 }
 
 impl fmt::Debug for RedisCore {
@@ -366,34 +408,17 @@ impl Core for RedisCore {
 
     /// `MULTI`: `SET` the framed value, `DEL` the claim, `PUBLISH` a wake-up; one round trip.
     async fn set(&self, key: &Key, value: Bytes, stored_at: Timestamp) -> Result<()> {
-        if value.len() as u64 > MAX_VALUE_BYTES {
-            return Err(Error::too_large(format!(
-                "a value of {} bytes exceeds Redis' limit of {MAX_VALUE_BYTES} bytes",
-                value.len()
-            ))
-            .with_operation("set")
-            .with_backend(BACKEND)
-            .with_key(key));
-        }
-        let packed = layout::pack_entry(&value, stored_at);
-        let (entry_key, claim_key) = layout::entry_and_claim_keys(key);
-        let _: () = redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(entry_key)
-            .arg(packed)
-            .ignore()
-            .cmd("DEL")
-            .arg(claim_key)
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(layout::wake_channel(key))
-            .arg("set")
-            .ignore()
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|e| redis_error("set", e).with_key(key))?;
-        Ok(())
+        self.store(key, value, stored_at, None).await
+    }
+
+    async fn set_expiring(
+        &self,
+        key: &Key,
+        value: Bytes,
+        stored_at: Timestamp,
+        expire_after: Duration,
+    ) -> Result<()> {
+        self.store(key, value, stored_at, Some(expire_after)).await
     }
 
     async fn claim(&self, key: &Key, lease: Duration) -> Result<Claim> {

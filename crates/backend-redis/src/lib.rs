@@ -44,8 +44,8 @@
 //!   Leases expire on the server, so a holder killed mid-computation blocks nobody for longer
 //!   than its lease. The `<expiry>` recorded in the value is the holder's clock; `get` reports
 //!   a claim whose key still exists as live even if that clock runs behind.
-//! - **`set`** is one `MULTI`/`EXEC`: `SET` the entry, `DEL` the claim, `PUBLISH` on the
-//!   wake-up channel. A stale value stays readable while a new one is computed; only `set`
+//! - **`set`** is one `MULTI`/`EXEC`: `SET` the entry (with `PX` under `expire_after`), `DEL`
+//!   the claim, `PUBLISH` on the wake-up channel. A stale value stays readable while a new one is computed; only `set`
 //!   replaces it.
 //! - **`wait`** subscribes to the key's wake-up channel (one shared pub/sub connection per
 //!   core), then reads, then re-reads on every message, at the claim's expiry (expiries publish
@@ -78,7 +78,31 @@
 //! `--save '' --appendonly no` keeps nothing across its own restart. A value may be at most
 //! [`MAX_VALUE_BYTES`] (Redis' 512 MiB string limit minus the 9-byte header), less if the
 //! server's `proto-max-bulk-len` is lower. Redis' `maxmemory` eviction may remove entries or
-//! claims at any time; an evicted claim only lets a second computation start.
+//! claims at any time; an evicted claim only lets a second computation start (see
+//! [Store-side expiry and `maxmemory`](#store-side-expiry-and-maxmemory)).
+//!
+//! # Store-side expiry and `maxmemory`
+//!
+//! With the front end's `expire_after` ([`Settings::expire_after`](cachier_core::Settings)),
+//! [`Core::set_expiring`](cachier_core::Core::set_expiring) writes the entry with
+//! `SET entry ... PX <expire_after>` in the same `MULTI`/`EXEC` as always: Redis removes it by
+//! itself (on access and in its active expiry cycle), so a stale entry does not stay stored
+//! forever once nobody calls for it. Claim keys always carry their lease as `PX`. Redis counts
+//! what it removed in `INFO stats` (`expired_keys`, `evicted_keys`).
+//!
+//! When the server reaches `maxmemory`, its policy decides what goes, and claims are keys too:
+//!
+//! | policy | what it may evict | effect on cachier |
+//! |---|---|---|
+//! | `noeviction` (Redis' default) | nothing: writes fail with `OOM` | claims are never lost; a full server fails `set` and `claim`, which the front end logs and survives by computing (no single flight while full) |
+//! | `allkeys-lru`, `allkeys-lfu`, `allkeys-random` | any key, live claims included | a claim evicted mid-computation lets a second caller claim and compute the same key: a duplicate computation, never a wrong value (the first holder's renewal fails and is logged) |
+//! | `volatile-lru`, `volatile-lfu`, `volatile-random` | keys with an expiry: every claim, and entries stored with `expire_after` | as above; entries without an expiry are never evicted, so without `expire_after` the claims go first |
+//! | `volatile-ttl` | the keys closest to expiry first | the worst choice: leases are short, so live claims are evicted before anything else |
+//!
+//! What to set: give the cache its own Redis (or database budget), set `expire_after` so that
+//! entries leave by themselves, and choose `allkeys-lfu` when the server may fill up (an
+//! evicted claim costs at most one duplicate computation), or `noeviction` with enough
+//! `maxmemory` when single flight must be strict. Avoid `volatile-ttl`.
 //!
 //! # Errors
 //!

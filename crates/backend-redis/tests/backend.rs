@@ -650,3 +650,108 @@ async fn many_concurrent_callers_compute_once() {
 fn unreachable_compute(why: &str) -> u64 {
     panic!("{why}")
 }
+
+/// The `PTTL` of a key in milliseconds (-2: no such key, -1: no expiry).
+fn pttl_of(admin: &mut redis::Connection, name: &str) -> i64 {
+    redis::cmd("PTTL").arg(name).query(admin).unwrap()
+}
+
+/// The Redis name of an entry, as `layout_is_as_documented` pins it.
+fn entry_name(ns: &NamespaceGuard, func: &str, arg: u64) -> String {
+    let key = ns.key(func, arg);
+    format!("{{{}:{func}:{}}}", ns.namespace, key.hash.to_hex())
+}
+
+/// An entry stored with an expiry carries it as a `PX` on the entry key and disappears from the
+/// server by itself, seen in the store (not through the front end); a plain `set` has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_entry_disappears_from_the_store() {
+    let ns = guard("expiring");
+    let core = core_at(&redis_url()).await;
+    let mut admin = admin(&redis_url());
+    core.set(
+        &ns.key("f", 1),
+        Bytes::from_static(b"kept"),
+        Timestamp::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(pttl_of(&mut admin, &entry_name(&ns, "f", 1)), -1);
+
+    let key = ns.key("f", 2);
+    let Claim::Acquired(_) = core.claim(&key, Duration::from_secs(30)).await.unwrap() else {
+        panic!("claim on a fresh key");
+    };
+    core.set_expiring(
+        &key,
+        Bytes::from_static(b"brief"),
+        Timestamp::now(),
+        Duration::from_millis(400),
+    )
+    .await
+    .unwrap();
+    let name = entry_name(&ns, "f", 2);
+    let pttl = pttl_of(&mut admin, &name);
+    assert!(
+        (1..=400).contains(&pttl),
+        "PTTL {pttl} after a 400 ms expiry"
+    );
+    let entry = core
+        .get(&key)
+        .await
+        .unwrap()
+        .expect("readable before it expires");
+    assert_eq!(entry.value.as_deref(), Some(&b"brief"[..]));
+    assert_eq!(
+        entry.claim_until, None,
+        "set_expiring ends the claim like set"
+    );
+
+    let started = Instant::now();
+    while pttl_of(&mut admin, &name) != -2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the entry is still stored 10 s after a 400 ms expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let exists: i64 = redis::cmd("EXISTS").arg(&name).query(&mut admin).unwrap();
+    assert_eq!(exists, 0);
+    assert_eq!(pttl_of(&mut admin, &entry_name(&ns, "f", 1)), -1);
+}
+
+/// The front end's `expire_after` reaches the store, raised to `stale_after` when shorter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expire_after_sets_the_entry_expiry_no_shorter_than_stale_after() {
+    let ns = guard("expire_after");
+    let core = core_at(&redis_url()).await;
+    let mut admin = admin(&redis_url());
+    let cache = Cachier::builder(core.clone())
+        .with_namespace(ns.namespace.clone())
+        .expire_after(Duration::from_secs(60))
+        .build();
+    let f = cache.function(func_id("g"));
+    assert_eq!(f.call(&1u64, || async { 1u64 }).await.unwrap(), 1);
+    f.precache(&2u64, &2u64).await.unwrap();
+    for arg in [1, 2] {
+        let pttl = pttl_of(&mut admin, &entry_name(&ns, "g", arg));
+        assert!(
+            (50_000..=60_000).contains(&pttl),
+            "PTTL {pttl} for a 60 s expiry"
+        );
+    }
+
+    let raised = Cachier::builder(core)
+        .with_namespace(ns.namespace.clone())
+        .stale_after(Duration::from_secs(120))
+        .expire_after(Duration::from_secs(1))
+        .build();
+    let f = raised.function(func_id("h"));
+    assert_eq!(f.call(&1u64, || async { 1u64 }).await.unwrap(), 1);
+    let pttl = pttl_of(&mut admin, &entry_name(&ns, "h", 1));
+    assert!(
+        (110_000..=120_000).contains(&pttl),
+        "PTTL {pttl}: expire_after 1 s is raised to stale_after 120 s"
+    );
+}

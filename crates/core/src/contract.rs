@@ -180,6 +180,26 @@ pub trait Core: Send + Sync + 'static {
     /// Stores `value` under `key` (replacing any value) and ends any claim on the key.
     async fn set(&self, key: &Key, value: Bytes, stored_at: Timestamp) -> Result<()>;
 
+    /// Stores like [`Core::set`], and asks the store to remove the value by itself once
+    /// `expire_after` has passed (the front end's
+    /// [`Settings::expire_after`](crate::Settings::expire_after)): Redis gives the entry a `PX`
+    /// expiry, MongoDB a date its TTL index removes it after. Until then the value reads as
+    /// usual; afterwards it is gone as if removed (a miss).
+    ///
+    /// The default stores without an expiry: backends that cannot expire entries on their own
+    /// (memory, file, SQL, plugins) keep the value until `delete_stale` (the front end's
+    /// `cleanup_stale`), a bound, or a `remove`/`clear` removes it.
+    async fn set_expiring(
+        &self,
+        key: &Key,
+        value: Bytes,
+        stored_at: Timestamp,
+        expire_after: Duration,
+    ) -> Result<()> {
+        let _ = expire_after;
+        self.set(key, value, stored_at).await
+    }
+
     /// Atomically takes the claim on `key` for `lease` if no live claim exists.
     async fn claim(&self, key: &Key, lease: Duration) -> Result<Claim>;
 

@@ -138,6 +138,12 @@ impl CachierBuilder {
         self
     }
 
+    /// See [`Settings::expire_after`].
+    pub fn expire_after(mut self, d: Duration) -> Self {
+        self.settings.expire_after = Some(d);
+        self
+    }
+
     /// See [`Settings::strict`].
     pub fn strict(mut self, yes: bool) -> Self {
         self.settings.strict = yes;
@@ -419,7 +425,7 @@ impl Function {
         let key = self.key(args)?;
         let bytes = codec::seal::<DefaultCodec, T>(value)?;
         let core = &self.cache.inner.core;
-        self.maintenance("set", core.set(&key, Bytes::from(bytes), Timestamp::now()))
+        self.maintenance("set", self.store_bytes(core, &key, Bytes::from(bytes)))
             .await
     }
 
@@ -801,6 +807,17 @@ impl Function {
         });
     }
 
+    /// Stores encoded bytes as computed now, with the store-side expiry the settings ask for.
+    async fn store_bytes(&self, core: &Arc<dyn Core>, key: &Key, bytes: Bytes) -> Result<()> {
+        match self.settings.store_expiry() {
+            None => core.set(key, bytes, Timestamp::now()).await,
+            Some(expire) => {
+                core.set_expiring(key, bytes, Timestamp::now(), expire)
+                    .await
+            }
+        }
+    }
+
     /// Encodes and stores a computed value. `Ok(true)` if it was stored (which also ended any
     /// claim), `Ok(false)` if it was deliberately not stored or the backend failed (logged).
     async fn store<T: Serialize + Sync + 'static>(&self, key: &Key, value: &T) -> Result<bool> {
@@ -835,10 +852,7 @@ impl Function {
             return Ok(false);
         }
         let stored = self
-            .cache
-            .inner
-            .core
-            .set(key, Bytes::from(bytes), Timestamp::now())
+            .store_bytes(&self.cache.inner.core, key, Bytes::from(bytes))
             .await;
         match self.seen(stored) {
             Ok(()) => Ok(true),
@@ -915,11 +929,17 @@ impl Function {
         Ok(())
     }
 
-    /// Starts a background `delete_stale` when `cleanup_stale` is on and the interval passed.
+    /// Starts a background `delete_stale` when the interval passed and `cleanup_stale` is on
+    /// (values older than `stale_after` go) or `expire_after` is set (values older than their
+    /// expiry go, for backends that do not expire them on their own).
     fn maybe_clean_up(&self) {
-        let (true, Some(stale_after)) = (self.settings.cleanup_stale, self.settings.stale_after)
-        else {
-            return;
+        let settings = &self.settings;
+        let stale_after = match (settings.cleanup_stale, settings.stale_after) {
+            (true, Some(stale_after)) => stale_after,
+            _ => match settings.store_expiry() {
+                Some(expire) => expire,
+                None => return,
+            },
         };
         if self.cache.inner.health.is_open() {
             return;

@@ -37,6 +37,24 @@ pub struct Settings {
     pub strict: bool,
     /// The most memory a stored value may claim while it is decoded. Default 1 GiB.
     pub decode_limit: usize,
+    /// Have the store itself remove a value this long after it was stored, so a stale entry
+    /// does not stay stored forever on a shared backend: Redis sets a `PX` expiry on the entry,
+    /// MongoDB a date for its TTL index (see [`Core::set_expiring`](crate::Core::set_expiring)).
+    /// Never shorter than `stale_after` (a shorter one is raised to it), so no fresh value is
+    /// removed. Backends without expiry of their own (memory, file, SQL, plugins) store the
+    /// value as usual, and the front end removes expired values with `delete_stale` in the
+    /// background at most once per `cleanup_interval` (on every backend: on Redis and MongoDB
+    /// it finds what the store has not removed yet). `None`: values stay until removed.
+    /// Default `None`.
+    pub expire_after: Option<Duration>,
+}
+
+impl Settings {
+    /// The expiry a stored value is given: `expire_after`, raised to `stale_after`.
+    pub fn store_expiry(&self) -> Option<Duration> {
+        self.expire_after
+            .map(|e| self.stale_after.map_or(e, |s| e.max(s)))
+    }
 }
 
 impl Default for Settings {
@@ -52,6 +70,7 @@ impl Default for Settings {
             cleanup_interval: Duration::from_secs(3600),
             strict: false,
             decode_limit: DEFAULT_DECODE_LIMIT,
+            expire_after: None,
         }
     }
 }
