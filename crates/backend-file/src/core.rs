@@ -180,6 +180,18 @@ fn fs_error(e: FsError, operation: &'static str, target: impl fmt::Display) -> E
         .with_source(e.source)
 }
 
+/// Counts an inline read against the task's tokio budget, and yields to the runtime once the
+/// budget is spent (every 128 reads or so).
+///
+/// A read on the calling task never waits, so without this a task that keeps hitting never
+/// returns to the scheduler: on a busy runtime the other tasks of its worker thread (say, one
+/// whose `clear` finished on the blocking pool long ago) and its timers wait until some call
+/// misses. Measured with 3 processes of 16 callers each, a `clear` of 2,000 entries returned
+/// seconds after its work ended, and a caller's own timers starved for minutes.
+async fn yield_when_budget_spent() {
+    tokio::task::coop::consume_budget().await;
+}
+
 fn func_target(namespace: &Namespace, func: &FuncId) -> String {
     format!("{namespace}/{func}")
 }
@@ -205,6 +217,7 @@ impl Core for FileCore {
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         let max = self.inner.inline_read_max;
         if max > 0 {
+            yield_when_budget_spent().await;
             match self.inner.store.get_up_to(key, max) {
                 Ok(Some(entry)) => return Ok(entry),
                 Ok(None) => {}
@@ -219,6 +232,7 @@ impl Core for FileCore {
     async fn get_value(&self, key: &Key) -> Result<Option<Entry>> {
         let max = self.inner.inline_read_max;
         if max > 0 {
+            yield_when_budget_spent().await;
             match self.inner.store.get_value_up_to(key, max) {
                 Ok(Some(entry)) => return Ok(entry),
                 Ok(None) => {}

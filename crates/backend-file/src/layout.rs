@@ -102,6 +102,32 @@ pub(crate) fn temp_name(stem: &str) -> String {
     format!(".{stem}.{}-{n}-{random}{TEMP_SUFFIX}", std::process::id())
 }
 
+/// The prefix of a directory being cleared: a function directory (in its namespace directory)
+/// or a namespace directory (in the root), renamed aside by `clear` / `clear_namespace`.
+const CLEARING_PREFIX: &str = ".clearing.";
+
+/// A unique name for a directory named `name` while it is being cleared:
+/// `.clearing.{name}.{pid}-{counter}-{random}`. Safe names never contain a dot, so this never
+/// collides with a namespace or function directory.
+pub(crate) fn clearing_name(name: &str) -> String {
+    let unique = temp_name("x");
+    let unique = unique
+        .strip_prefix(".x.")
+        .and_then(|u| u.strip_suffix(TEMP_SUFFIX))
+        .unwrap_or(&unique);
+    format!("{CLEARING_PREFIX}{name}.{unique}")
+}
+
+/// Whether `name` is a directory being cleared (or left behind by a process killed while
+/// clearing it) that was once the directory named `of`.
+pub(crate) fn is_clearing_of(name: &OsStr, of: &str) -> bool {
+    name.to_str().is_some_and(|n| {
+        n.strip_prefix(CLEARING_PREFIX)
+            .and_then(|rest| rest.strip_prefix(of))
+            .is_some_and(|rest| rest.starts_with('.'))
+    })
+}
+
 /// What a file in a function directory is, by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FileKind {
@@ -285,6 +311,18 @@ mod tests {
             );
         }
         assert_ne!(temp_name(&hash), temp_name(&hash));
+    }
+
+    #[test]
+    fn clearing_names_are_unique_and_never_safe_names() {
+        let name = safe_name("app::f");
+        let a = clearing_name(&name);
+        assert_ne!(a, clearing_name(&name));
+        assert!(a.starts_with(".clearing.app__f-"), "{a}");
+        assert!(is_clearing_of(OsStr::new(&a), &name));
+        assert!(!is_clearing_of(OsStr::new(&a), &safe_name("app::f2")));
+        assert!(!is_clearing_of(OsStr::new(&name), &name));
+        assert_eq!(classify(OsStr::new(&a)), FileKind::Foreign);
     }
 
     #[test]

@@ -27,6 +27,8 @@
 //!       {hash}                              entry file: one cached value
 //!       {hash}.claim                        claim file: a live (or expired) claim
 //!       .{hash}.{pid}-{n}-{random}.tmp      a file being written (renamed or linked into place)
+//!     .clearing.{safe function id}.{pid}-{n}-{random}/   a function directory being cleared
+//!   .clearing.{safe namespace}.{pid}-{n}-{random}/       a namespace directory being cleared
 //! ```
 //!
 //! - `{hash}` is the key's [`ArgHash`](cachier_core::ArgHash) as 64 lowercase hex digits.
@@ -70,6 +72,24 @@
 //! file and its directory, two disk flushes per `set` (measured on this project's ext4 test
 //! machine: a 100-byte `set` takes 0.35 ms without and 0.94 ms with them).
 //!
+//! # Clearing
+//!
+//! `clear` first renames the function directory aside to `.clearing.{name}.{unique}` in the
+//! same namespace directory: one `rename`, after which every process finds the function empty
+//! and writes into a new directory. It then removes the old files from the renamed directory
+//! (one `unlink` each; foreign files are put back), where no caller's `create`, `link`,
+//! `rename` or `unlink` competes with them for the directory's lock and no newly written file
+//! joins the walk. Claims in it end with it: their holders' `renew` reports the claim lost and
+//! their `set` writes into the new directory. `clear_namespace` does the same with the
+//! namespace directory, in the root. A directory renamed aside by a process killed while
+//! clearing is removed by a later `clear` of the same function once it has been untouched for
+//! an hour (or by `clear_namespace`). Where the rename is refused, the files are removed in
+//! place. `clear_claims` and `delete_stale` keep most files, so they walk the directory in
+//! place and lock only the claim files they change.
+//!
+//! Removing the files still costs one `unlink` each: under load, a clear takes its own CPU time
+//! plus whatever the scheduler makes it wait for a CPU (see `tests/under_load.rs`).
+//!
 //! # Claims across processes
 //!
 //! A claim is the file `{hash}.claim`. Every claim file is written complete to a temp file
@@ -105,7 +125,10 @@
 //! A hit costs one `open` + read of the entry file and one (usually failing) `open` of the claim
 //! file. Entry files up to 64 KiB ([`Config::with_inline_read_max`]) are read on the calling
 //! task: measured here, that read takes about 13 µs while a trip through tokio's blocking pool
-//! adds about 35 µs. Larger reads and every write (`set`, `claim`, the sweeps) run on the
+//! adds about 35 µs. Such a read never waits, so it counts against the task's tokio budget
+//! ([`tokio::task::coop::consume_budget`]): a task that keeps hitting yields to the runtime
+//! every 128 reads or so, and the other tasks and timers of its worker thread still run. Larger
+//! reads and every write (`set`, `claim`, the sweeps) run on the
 //! blocking pool (`spawn_blocking`), so big values or a slow disk never stall the runtime's
 //! workers. On a network file system, set `inline_read_max` to 0.
 

@@ -12,8 +12,8 @@ use tracing::{debug, warn};
 
 use crate::config::Durability;
 use crate::layout::{
-    CLAIM_MAX_LEN, ClaimRecord, ENTRY_HEADER_LEN, FileKind, KeyPaths, classify,
-    decode_entry_header, encode_entry_header, temp_name,
+    CLAIM_MAX_LEN, ClaimRecord, ENTRY_HEADER_LEN, FileKind, KeyPaths, classify, clearing_name,
+    decode_entry_header, encode_entry_header, is_clearing_of, temp_name,
 };
 
 /// How long a temp file may sit untouched before a sweep (`clear`, `delete_stale`) takes it for
@@ -159,15 +159,18 @@ impl Store {
                 Err(e) => return Err(e).at("create the claim file", &paths.claim),
             }
             let outcome = with_locked_claim(&paths.claim, |current| match current {
-                Some(held) if held.is_live() => Ok(Claim::Held { until: held.until }),
+                Some(held) if held.is_live() => Ok(Some(Claim::Held { until: held.until })),
                 stale => {
                     debug!(claim = %paths.claim.display(), ?stale, "taking over an expired claim");
-                    temp.rename_to(&paths.claim)
-                        .at("replace the expired claim file", &paths.claim)?;
-                    Ok(Claim::Acquired(token.clone()))
+                    match temp.rename_to(&paths.claim) {
+                        Ok(()) => Ok(Some(Claim::Acquired(token.clone()))),
+                        // A `clear` moved the directory away meanwhile: start over.
+                        Err(e) if is_missing(&e) => Ok(None),
+                        Err(e) => Err(e).at("replace the expired claim file", &paths.claim),
+                    }
                 }
             })?;
-            if let Some(claim) = outcome {
+            if let Some(Some(claim)) = outcome {
                 return Ok(claim);
             }
             // The claim file was removed between the link and the lock: start over.
@@ -186,9 +189,12 @@ impl Store {
                 };
                 let stem = format!("{}.claim", paths.stem);
                 let mut temp = TempFile::write(&paths.dir, &stem, &[&record.encode()], false)?;
-                temp.rename_to(&paths.claim)
-                    .at("replace the claim file", &paths.claim)?;
-                Ok(true)
+                match temp.rename_to(&paths.claim) {
+                    Ok(()) => Ok(true),
+                    // A `clear` moved the directory (and the claim) away meanwhile.
+                    Err(e) if is_missing(&e) => Ok(false),
+                    Err(e) => Err(e).at("replace the claim file", &paths.claim),
+                }
             }
             _ => Ok(false),
         })?;
@@ -216,22 +222,30 @@ impl Store {
         Ok(had_value)
     }
 
-    /// Removes every entry and claim in one function directory, and the directory when nothing
-    /// else is left in it. Returns how many entry files were removed.
+    /// Removes every entry and claim of one function, and its directory unless something
+    /// foreign is left in it. Returns how many entry files were removed.
+    ///
+    /// The directory is first renamed aside (`.clearing.{name}.{unique}`, one `rename` in the
+    /// namespace directory). From that instant, callers find the function empty and write into
+    /// a new directory, so removing the old files (one `unlink` each) competes with none of
+    /// their `create`, `link`, `rename` and `unlink` calls for the lock of one directory, and
+    /// their files never join the walk. Where the rename is refused, the files are removed in
+    /// place instead.
     pub(crate) fn clear_dir(&self, dir: &Path) -> FsResult<u64> {
-        let mut removed = 0;
-        for (path, kind) in list(dir)? {
-            match kind {
-                FileKind::Entry => removed += u64::from(remove_if_exists(&path)?),
-                FileKind::Claim => {
-                    end_claim(&path)?;
-                }
-                FileKind::Temp => remove_if_old(&path)?,
-                FileKind::Foreign => debug!(path = %path.display(), "leaving a foreign file alone"),
+        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name().and_then(|n| n.to_str()))
+        else {
+            return clear_in_place(dir);
+        };
+        let aside = parent.join(clearing_name(name));
+        let removed = match fs::rename(dir, &aside) {
+            Ok(()) => clear_aside(&aside, dir)?,
+            Err(e) if is_missing(&e) => 0,
+            Err(e) => {
+                debug!(dir = %dir.display(), error = %e, "cannot rename the directory aside; clearing it in place");
+                clear_in_place(dir)?
             }
-        }
-        // Fails, harmlessly, while a foreign file or a fresh temp file is still there.
-        let _ = fs::remove_dir(dir);
+        };
+        sweep_leftover_clearings(parent, name, dir);
         Ok(removed)
     }
 
@@ -268,9 +282,41 @@ impl Store {
         Ok(removed)
     }
 
-    /// Clears every function directory of a namespace, then removes the namespace directory
-    /// with whatever else is in it. Returns how many entry files were removed.
+    /// Removes a namespace directory with everything in it. Returns how many entry files were
+    /// removed.
+    ///
+    /// Like [`Store::clear_dir`], the directory is first renamed aside (in the root), so
+    /// callers writing meanwhile start a new namespace directory and never compete with the
+    /// removal; where the rename is refused, the namespace is cleared in place.
     pub(crate) fn clear_namespace_dir(&self, dir: &Path) -> FsResult<u64> {
+        let (Some(parent), Some(name)) = (dir.parent(), dir.file_name().and_then(|n| n.to_str()))
+        else {
+            return self.clear_namespace_in_place(dir);
+        };
+        let aside = parent.join(clearing_name(name));
+        match fs::rename(dir, &aside) {
+            Ok(()) => {}
+            Err(e) if is_missing(&e) => return Ok(0),
+            Err(e) => {
+                debug!(dir = %dir.display(), error = %e, "cannot rename the namespace aside; clearing it in place");
+                return self.clear_namespace_in_place(dir);
+            }
+        }
+        let mut removed = 0;
+        for (path, _) in list(&aside)? {
+            for (file, kind) in list(&path)? {
+                if kind == FileKind::Entry {
+                    removed += u64::from(remove_if_exists(&file)?);
+                }
+            }
+        }
+        remove_tree(&aside)?;
+        Ok(removed)
+    }
+
+    /// [`Store::clear_namespace_dir`] without the rename: clears every function directory, then
+    /// removes the namespace directory with whatever else is in it.
+    fn clear_namespace_in_place(&self, dir: &Path) -> FsResult<u64> {
         let subdirs = match fs::read_dir(dir) {
             Ok(items) => items,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -280,18 +326,110 @@ impl Store {
         for item in subdirs {
             let item = item.at("list", dir)?;
             if item.file_type().at("inspect", &item.path())?.is_dir() {
-                removed += self.clear_dir(&item.path())?;
+                removed += clear_in_place(&item.path())?;
             }
         }
-        let mut attempt = 0;
-        loop {
-            match fs::remove_dir_all(dir) {
-                Ok(()) => return Ok(removed),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(removed),
-                // Another process wrote into the namespace meanwhile: sweep again.
-                Err(_) if attempt < MAX_ATTEMPTS => attempt += 1,
-                Err(e) => return Err(e).at("remove the namespace directory", dir),
+        remove_tree(dir)?;
+        Ok(removed)
+    }
+}
+
+/// Removes every entry and claim in one function directory, in place, and the directory when
+/// nothing else is left in it. Returns how many entry files were removed.
+fn clear_in_place(dir: &Path) -> FsResult<u64> {
+    let mut removed = 0;
+    for (path, kind) in list(dir)? {
+        match kind {
+            FileKind::Entry => removed += u64::from(remove_if_exists(&path)?),
+            FileKind::Claim => {
+                end_claim(&path)?;
             }
+            FileKind::Temp => remove_if_old(&path)?,
+            FileKind::Foreign => debug!(path = %path.display(), "leaving a foreign file alone"),
+        }
+    }
+    // Fails, harmlessly, while a foreign file or a fresh temp file is still there.
+    let _ = fs::remove_dir(dir);
+    Ok(removed)
+}
+
+/// Empties a function directory renamed aside by `clear` (no process reaches its files any
+/// more: their paths name the function directory, `home`), puts foreign files back into
+/// `home`, and removes it. Returns how many entry files were removed.
+fn clear_aside(aside: &Path, home: &Path) -> FsResult<u64> {
+    let mut removed = 0;
+    for (path, kind) in list(aside)? {
+        match kind {
+            FileKind::Entry => removed += u64::from(remove_if_exists(&path)?),
+            // A writer whose temp file was moved away finds it gone and writes it again in
+            // the new directory; a claim moved away has ended.
+            FileKind::Claim | FileKind::Temp => {
+                remove_if_exists(&path)?;
+            }
+            FileKind::Foreign => {
+                let Some(file_name) = path.file_name() else {
+                    continue;
+                };
+                let back = home.join(file_name);
+                let put_back = fs::create_dir_all(home).and_then(|()| {
+                    if fs::symlink_metadata(&back).is_ok() {
+                        Err(io::Error::from(io::ErrorKind::AlreadyExists))
+                    } else {
+                        fs::rename(&path, &back)
+                    }
+                });
+                if let Err(e) = put_back {
+                    warn!(path = %path.display(), error = %e, "could not put a foreign file back after clearing");
+                }
+            }
+        }
+    }
+    if let Err(e) = fs::remove_dir(aside)
+        && !is_missing(&e)
+    {
+        debug!(dir = %aside.display(), error = %e, "a cleared directory is not empty; left alone");
+    }
+    Ok(removed)
+}
+
+/// Removes what processes killed while clearing the directory `name` in `parent` left behind:
+/// directories renamed aside and untouched for [`TEMP_MAX_AGE`] (one being emptied changes
+/// with every file removed). Best effort: failures are logged.
+fn sweep_leftover_clearings(parent: &Path, name: &str, home: &Path) {
+    let Ok(items) = fs::read_dir(parent) else {
+        return;
+    };
+    for item in items.flatten() {
+        if !is_clearing_of(&item.file_name(), name) {
+            continue;
+        }
+        let path = item.path();
+        let old = fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| {
+                SystemTime::now()
+                    .duration_since(modified)
+                    .is_ok_and(|age| age > TEMP_MAX_AGE)
+            });
+        if old {
+            debug!(dir = %path.display(), "removing a directory left behind by a killed clear");
+            if let Err(e) = clear_aside(&path, home) {
+                warn!(dir = %path.display(), error = %e.source, "could not remove a leftover cleared directory");
+            }
+        }
+    }
+}
+
+/// Removes a directory with everything in it, sweeping again when another process writes
+/// into it meanwhile.
+fn remove_tree(dir: &Path) -> FsResult<()> {
+    let mut attempt = 0;
+    loop {
+        match fs::remove_dir_all(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if is_missing(&e) => return Ok(()),
+            Err(_) if attempt < MAX_ATTEMPTS => attempt += 1,
+            Err(e) => return Err(e).at("remove the directory", dir),
         }
     }
 }
@@ -477,6 +615,8 @@ fn remove_if_stale(dir: &Path, path: &Path, stored_before: Timestamp) -> FsResul
         match fs::hard_link(&aside, path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            // A `clear` moved the directory away meanwhile: the value is cleared.
+            Err(e) if is_missing(&e) => return Ok(false),
             Err(e) => {
                 let _ = fs::remove_file(&aside);
                 return Err(e).at("put back", path);

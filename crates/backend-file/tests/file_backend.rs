@@ -400,6 +400,73 @@ async fn leftover_temp_files_are_ignored_then_swept() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn clear_renames_the_directory_aside_ends_claims_and_sweeps_leftovers() {
+    let dir = TestDir::new();
+    let core = dir.open();
+    let k = key("app::cleared", 1);
+    core.set(&k, b"v".to_vec().into(), Timestamp::now())
+        .await
+        .unwrap();
+    let held = key("app::cleared", 2);
+    let Claim::Acquired(token) = core.claim(&held, Duration::from_secs(30)).await.unwrap() else {
+        panic!("cold key");
+    };
+    let func_dir = find_file(&dir.root(), &k.hash.to_hex())
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let ns_dir = func_dir.parent().unwrap().to_path_buf();
+    let name = func_dir.file_name().unwrap().to_str().unwrap().to_owned();
+
+    // What processes killed while clearing leave: an hour-old directory renamed aside, and a
+    // recent one (which may still be being emptied).
+    let old = ns_dir.join(format!(".clearing.{name}.999999-0-deadbeef"));
+    let recent = ns_dir.join(format!(".clearing.{name}.999999-1-deadbeef"));
+    for d in [&old, &recent] {
+        fs::create_dir(d).unwrap();
+        fs::write(d.join(k.hash.to_hex()), b"a cleared value").unwrap();
+    }
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    fs::File::open(&old)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+
+    assert_eq!(core.clear(&k.namespace, &k.func).await.unwrap(), 1);
+    assert!(!func_dir.exists(), "nothing foreign was left in it");
+    assert!(!old.exists(), "an hour-old leftover is swept");
+    assert!(
+        recent.exists(),
+        "a recent one may belong to a running clear"
+    );
+    let clearing: Vec<_> = fs::read_dir(&ns_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".clearing."))
+        .collect();
+    assert_eq!(clearing, [recent.file_name().unwrap()]);
+
+    // The claim ended with the clear: its holder learns it lost it, and the key is free.
+    assert_eq!(core.get(&held).await.unwrap(), None);
+    assert!(
+        !core
+            .renew(&held, &token, Duration::from_secs(5))
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        core.claim(&held, Duration::from_secs(30)).await.unwrap(),
+        Claim::Acquired(_)
+    ));
+
+    // `clear_namespace` removes everything, leftovers included, and leaves nothing aside.
+    assert_eq!(core.clear_namespace(&k.namespace).await.unwrap(), 1);
+    assert!(!ns_dir.exists());
+    assert_eq!(fs::read_dir(dir.root()).unwrap().count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn delete_stale_removes_only_old_values_and_expired_claims() {
     let dir = TestDir::new();
     let core = dir.open();
