@@ -25,7 +25,7 @@ use diesel::r2d2::R2D2Connection;
 
 use crate::config::{Config, Dialect};
 use crate::connect::{self, MaintenanceSession};
-use crate::pool::Pool;
+use crate::pool::{Pool, QUEUE_LIMIT};
 
 /// The largest value stored in SQLite: its default `SQLITE_MAX_LENGTH` (10^9 bytes per string,
 /// BLOB and row) less room for the rest of the row.
@@ -199,13 +199,23 @@ impl SqlCore {
                 .with_key(&on)
         };
         // The task drops the sender without sending when it fails before it has a connection;
-        // its error is then waiting below.
-        if let Some(limit) = self.inner.connect_limit
-            && tokio::time::timeout(limit, has_connection).await.is_err()
-        {
-            return Err(unavailable(format!(
-                "no database connection within {limit:?}"
-            )));
+        // its error is then waiting below. While the pool holds connections that are merely
+        // all in use, the operation is queueing, not facing an outage: it waits on (see the
+        // pool's docs).
+        if let Some(limit) = self.inner.connect_limit {
+            let queued = tokio::time::Instant::now();
+            let mut has_connection = has_connection;
+            while tokio::time::timeout(limit, &mut has_connection)
+                .await
+                .is_err()
+            {
+                if !self.inner.pool.holds_connections() || queued.elapsed() >= QUEUE_LIMIT {
+                    return Err(unavailable(format!(
+                        "no database connection within {:?}",
+                        queued.elapsed()
+                    )));
+                }
+            }
         }
         let limit = match budget {
             Budget::Request => self.inner.request_limit,

@@ -6,7 +6,10 @@
 //!   its own backoff), the operation opens a connection of its own instead of waiting for the
 //!   pool: against a server that is down this fails within a round trip (a refused connection)
 //!   or the connect timeout, and against one that is back it succeeds at once. Otherwise the
-//!   operation waits up to the connect timeout for a busy connection to come back.
+//!   operation waits for a busy connection to come back: a pool whose connections are all in
+//!   use is a queue, not an outage (64 callers on 8 connections must not fail, nor open the
+//!   front end's circuit), so the wait goes on, up to [`QUEUE_LIMIT`], for as long as the pool
+//!   still holds connections; once it holds none, it fails after the connect timeout.
 //! - **Dead connections.** An operation that fails because its connection is gone marks it
 //!   broken (r2d2 drops it and opens another) and is tried once more on a connection that
 //!   answers a ping; after a restart every idle connection is dead, and each one found is
@@ -41,7 +44,23 @@ pub(crate) enum Pool {
     Mysql(ConnPool<MysqlConnection>),
 }
 
+/// The longest an operation waits in the queue for one of the pool's busy connections.
+pub(crate) const QUEUE_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Pool {
+    /// Whether the pool holds connections (all of them may be in use): waiting for one is then
+    /// queueing behind other operations, not a sign that the server is gone.
+    pub(crate) fn holds_connections(&self) -> bool {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Pool::Sqlite(pool) => pool.pool.state().connections > 0,
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(pool) => pool.pool.state().connections > 0,
+            #[cfg(feature = "mysql")]
+            Pool::Mysql(pool) => pool.pool.state().connections > 0,
+        }
+    }
+
     /// Runs `work` on a connection (see the module docs); `connected` is called once the first
     /// connection is in hand.
     pub(crate) fn with_conn<T>(
@@ -204,7 +223,17 @@ impl<C: R2D2Connection + Ops + Send + 'static> ConnPool<C> {
                 })
                 .map_err(DbError::Connect);
         }
-        self.pool.get().map(Checkout::Pooled).map_err(DbError::Pool)
+        // Busy, not gone: queue for a connection while the pool still holds some.
+        let queued = std::time::Instant::now();
+        loop {
+            match self.pool.get() {
+                Ok(conn) => return Ok(Checkout::Pooled(conn)),
+                Err(e) if self.pool.state().connections == 0 || queued.elapsed() >= QUEUE_LIMIT => {
+                    return Err(DbError::Pool(e));
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     fn direct_permit(&self) -> Option<DirectPermit<'_>> {

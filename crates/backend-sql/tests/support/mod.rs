@@ -236,7 +236,7 @@ macro_rules! backend_checks {
                 let key = t.key("app::lease", 1);
                 let Claim::Acquired(old) = t
                     .core
-                    .claim(&key, Duration::from_millis(200))
+                    .claim(&key, Duration::from_millis(1500))
                     .await
                     .unwrap()
                 else {
@@ -246,7 +246,8 @@ macro_rules! backend_checks {
                     t.core.claim(&key, Duration::from_secs(5)).await.unwrap(),
                     Claim::Held { .. }
                 ));
-                tokio::time::sleep(Duration::from_millis(300)).await;
+                // Long enough that the claim right after it is still refused on a loaded machine.
+                tokio::time::sleep(Duration::from_millis(1700)).await;
                 assert_eq!(
                     t.core.get(&key).await.unwrap(),
                     None,
