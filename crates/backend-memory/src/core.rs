@@ -1,10 +1,8 @@
-//! The [`Core`] impl: values in a map of their own, read exactly and fast; a bounded `moka`
-//! cache of tickets (key, weight) as the eviction policy; claims and waiters in a third map.
+//! The [`Core`] impl: values in a bounded `moka` cache, claims and waiters in a map of their own.
 
-use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use cachier_core::{
@@ -12,77 +10,28 @@ use cachier_core::{
     async_trait,
 };
 use moka::notification::RemovalCause;
+use moka::ops::compute::{CompResult, Op};
 use tokio::sync::Notify;
 
-use crate::config::{Config, Weigh};
+use crate::config::Config;
 use crate::hasher::SeededFold;
 
 /// An in-process [`Core`]. Cheap to share behind an `Arc`; every clone of the `Arc` sees the
 /// same entries. See the [crate docs](crate) for the layout and the bound.
 pub struct MemoryCore {
-    values: RwLock<Values>,
-    /// The eviction policy, `None` without a bound.
-    policy: Option<Policy>,
-    /// How the policy weighs a value.
-    weigh: Weigh,
-    /// Tickets the policy evicted, whose values are still to be dropped.
-    evicted: Arc<Evicted>,
-    /// Tells the versions of one key apart, so an eviction drops only the value it was for.
-    stamps: AtomicU64,
+    values: Values,
     claims: RwLock<Claims>,
     counters: Arc<Counters>,
     config: Config,
 }
 
-type Values = HashMap<Key, Stored, SeededFold>;
-type Policy = moka::sync::Cache<Key, Ticket, SeededFold>;
+type Values = moka::sync::Cache<Key, Stored, SeededFold>;
 
 /// One stored value.
+#[derive(Clone)]
 struct Stored {
     value: Bytes,
     stored_at: Timestamp,
-    stamp: u64,
-}
-
-/// What the policy holds for a stored value: its version and its weight.
-#[derive(Clone, Copy)]
-struct Ticket {
-    stamp: u64,
-    weight: u32,
-}
-
-/// The policy's evictions, handed from its listener (which may run inside any policy call) to
-/// the next operation that may take the values' lock.
-#[derive(Default)]
-struct Evicted {
-    any: AtomicBool,
-    tickets: Mutex<Vec<(Arc<Key>, u64)>>,
-}
-
-/// One read in this many tells the policy about the key (chosen at random per thread, so no
-/// pattern of keys goes unseen): enough for its frequency sketch and recency order to keep a
-/// hot set, at an eighth of the cost of telling it every time.
-const READ_SAMPLE: u32 = 8;
-
-thread_local! {
-    static SAMPLER: Cell<u32> = Cell::new({
-        let mut seed = [0u8; 4];
-        let _ = getrandom::fill(&mut seed);
-        u32::from_le_bytes(seed) | 1
-    });
-}
-
-/// Whether this read is one the policy hears of.
-fn sampled() -> bool {
-    SAMPLER.with(|state| {
-        // xorshift32
-        let mut x = state.get();
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        state.set(x);
-        x % READ_SAMPLE == 0
-    })
 }
 
 /// The live (and recently ended) claims, with the waiters of each key.
@@ -132,11 +81,11 @@ pub struct MemoryStats {
     /// Values removed because they were stale or expired ([`Core::delete_stale`], which the
     /// front end calls under `cleanup_stale` or `expire_after`).
     pub expirations: u64,
-    /// The values stored now.
+    /// The values stored now, as the eviction policy counts them (exact once its pending work
+    /// is done; [`MemoryCore::len`] does it).
     pub entries: u64,
     /// The weight of the stored values as the bound counts it: bytes with key and overhead
-    /// under a byte bound, values under a bound by count alone, zero without a bound. The
-    /// policy updates it in batches ([`MemoryCore::run_pending_tasks`] settles it).
+    /// under a byte bound, values under a bound by count alone.
     pub weighted_size: u64,
 }
 
@@ -155,32 +104,25 @@ impl MemoryCore {
     /// An empty store bounded as `config` says.
     pub fn with_config(config: Config) -> Self {
         let counters = Arc::new(Counters::default());
-        let evicted = Arc::new(Evicted::default());
-        let bound = config.capacity();
-        let weigh = bound.map_or(Weigh::Count, |(_, weigh)| weigh);
-        let policy = bound.map(|(capacity, _)| {
-            let evicted = evicted.clone();
-            moka::sync::Cache::builder()
+        let mut builder = moka::sync::Cache::builder();
+        if let Some((capacity, weigh)) = config.capacity() {
+            builder = builder
                 .max_capacity(capacity)
-                .weigher(|_key: &Key, ticket: &Ticket| ticket.weight)
-                .eviction_listener(move |key, ticket: Ticket, cause| {
-                    if cause == RemovalCause::Size {
-                        evicted
-                            .tickets
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((key, ticket.stamp));
-                        evicted.any.store(true, Relaxed);
-                    }
-                })
-                .build_with_hasher(SeededFold::default())
-        });
+                .weigher(move |key: &Key, stored: &Stored| {
+                    let key_bytes = key.namespace.as_str().len() + key.func.as_str().len() + 64;
+                    weigh.weight((stored.value.len() + key_bytes) as u64)
+                });
+        }
+        let seen = counters.clone();
+        let values = builder
+            .eviction_listener(move |_key, _value, cause| {
+                if cause == RemovalCause::Size {
+                    seen.evictions.fetch_add(1, Relaxed);
+                }
+            })
+            .build_with_hasher(SeededFold::default());
         MemoryCore {
-            values: RwLock::new(HashMap::default()),
-            policy,
-            weigh,
-            evicted,
-            stamps: AtomicU64::new(0),
+            values,
             claims: RwLock::new(Claims {
                 map: HashMap::default(),
                 sweep_at: SWEEP_FLOOR,
@@ -197,8 +139,8 @@ impl MemoryCore {
 
     /// The number of stored values (all namespaces), after the eviction policy's pending work.
     pub fn len(&self) -> usize {
-        self.run_pending_tasks();
-        self.values().len()
+        self.values.run_pending_tasks();
+        self.values.iter().count()
     }
 
     /// Whether no value is stored.
@@ -211,31 +153,20 @@ impl MemoryCore {
         MemoryStats {
             evictions: self.counters.evictions.load(Relaxed),
             expirations: self.counters.expirations.load(Relaxed),
-            entries: self.values().len() as u64,
-            weighted_size: self.policy.as_ref().map_or(0, |p| p.weighted_size()),
+            entries: self.values.entry_count(),
+            weighted_size: self.values.weighted_size(),
         }
     }
 
     /// Does the eviction policy's pending work now (it otherwise runs in small batches during
     /// reads and writes): afterwards the store is within its bound and [`MemoryStats`] is exact.
     pub fn run_pending_tasks(&self) {
-        if let Some(policy) = &self.policy {
-            policy.run_pending_tasks();
-        }
-        self.drop_evicted();
-    }
-
-    fn values(&self) -> RwLockReadGuard<'_, Values> {
-        // A panic while holding the lock cannot leave an entry half-written (every update is
-        // a single assignment), so a poisoned lock is still consistent.
-        self.values.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn values_mut(&self) -> RwLockWriteGuard<'_, Values> {
-        self.values.write().unwrap_or_else(|p| p.into_inner())
+        self.values.run_pending_tasks();
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Claims> {
+        // A panic while holding the lock cannot leave a lease half-written (every update is a
+        // single assignment), so a poisoned lock is still consistent.
         self.claims.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -243,43 +174,14 @@ impl MemoryCore {
         self.claims.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drops the values whose tickets the policy evicted, unless a newer value replaced them.
-    /// Called after policy calls, never with the values' lock held by the caller.
-    fn drop_evicted(&self) {
-        if !self.evicted.any.swap(false, Relaxed) {
-            return;
-        }
-        let tickets = std::mem::take(
-            &mut *self
-                .evicted
-                .tickets
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        if tickets.is_empty() {
-            return;
-        }
-        let mut values = self.values_mut();
-        let mut dropped = 0;
-        for (key, stamp) in tickets {
-            if values.get(key.as_ref()).is_some_and(|s| s.stamp == stamp) {
-                values.remove(key.as_ref());
-                dropped += 1;
-            }
-        }
-        drop(values);
-        self.counters.evictions.fetch_add(dropped, Relaxed);
-    }
-
     /// The entry of `key` with the claim expiry given (already judged live).
     fn entry(&self, key: &Key, claim_until: Option<Timestamp>) -> Option<Entry> {
-        let values = self.values();
-        let stored = values.get(key);
+        let stored = self.values.get(key);
         if stored.is_none() && claim_until.is_none() {
             return None;
         }
         let (value, stored_at) = match stored {
-            Some(s) => (Some(s.value.clone()), s.stored_at),
+            Some(s) => (Some(s.value), s.stored_at),
             None => (None, Timestamp::default()),
         };
         Some(Entry {
@@ -291,19 +193,14 @@ impl MemoryCore {
 
     /// Removes the values whose key matches `doomed`; returns how many there were.
     fn remove_values_where(&self, doomed: impl Fn(&Key) -> bool) -> u64 {
-        let mut removed = 0;
-        self.values_mut().retain(|key, _| {
-            if !doomed(key) {
-                return true;
-            }
-            if let Some(policy) = &self.policy {
-                policy.invalidate(key);
-            }
-            removed += 1;
-            false
-        });
-        self.drop_evicted();
-        removed
+        let keys: Vec<Arc<Key>> = self
+            .values
+            .iter()
+            .filter_map(|(key, _)| doomed(&key).then_some(key))
+            .collect();
+        keys.iter()
+            .map(|key| u64::from(self.values.remove(key.as_ref()).is_some()))
+            .sum()
     }
 
     /// Ends the claims (and wakes the waiters) of the keys matching `doomed`; returns how many
@@ -354,46 +251,15 @@ impl Core for MemoryCore {
     }
 
     async fn get_value(&self, key: &Key) -> Result<Option<Entry>> {
-        let entry = self.values().get(key).map(|s| Entry {
-            value: Some(s.value.clone()),
+        Ok(self.values.get(key).map(|s| Entry {
+            value: Some(s.value),
             stored_at: s.stored_at,
             claim_until: None,
-        });
-        if entry.is_some()
-            && let Some(policy) = &self.policy
-            && sampled()
-        {
-            let _ = policy.get(key);
-            self.drop_evicted();
-        }
-        Ok(entry)
+        }))
     }
 
     async fn set(&self, key: &Key, value: Bytes, stored_at: Timestamp) -> Result<()> {
-        let stamp = self.stamps.fetch_add(1, Relaxed);
-        let bytes = value.len() + key.namespace.as_str().len() + key.func.as_str().len() + 64;
-        let ticket = Ticket {
-            stamp,
-            weight: self.weigh.weight(bytes as u64),
-        };
-        {
-            // Value and ticket change together under the values' lock, so the policy's ticket
-            // of a key is always that of its stored value. The policy's listener takes only
-            // the `evicted` list, never this lock.
-            let mut values = self.values_mut();
-            values.insert(
-                key.clone(),
-                Stored {
-                    value,
-                    stored_at,
-                    stamp,
-                },
-            );
-            if let Some(policy) = &self.policy {
-                policy.insert(key.clone(), ticket);
-            }
-        }
-        self.drop_evicted();
+        self.values.insert(key.clone(), Stored { value, stored_at });
         let ends_claim = self.read().map.contains_key(key);
         if ends_claim && let Some(lease) = self.write().map.remove(key) {
             lease.wake();
@@ -489,15 +355,7 @@ impl Core for MemoryCore {
         if let Some(lease) = self.write().map.remove(key) {
             lease.wake();
         }
-        let removed = {
-            let mut values = self.values_mut();
-            if let Some(policy) = &self.policy {
-                policy.invalidate(key);
-            }
-            values.remove(key).is_some()
-        };
-        self.drop_evicted();
-        Ok(removed)
+        Ok(self.values.remove(key).is_some())
     }
 
     async fn clear(&self, namespace: &Namespace, func: &FuncId) -> Result<u64> {
@@ -516,19 +374,28 @@ impl Core for MemoryCore {
         func: &FuncId,
         stored_before: Timestamp,
     ) -> Result<u64> {
+        let stale: Vec<Arc<Key>> = self
+            .values
+            .iter()
+            .filter(|(k, s)| {
+                &k.namespace == namespace && &k.func == func && s.stored_at < stored_before
+            })
+            .map(|(k, _)| k)
+            .collect();
         let mut removed = 0;
-        self.values_mut().retain(|key, stored| {
-            if &key.namespace != namespace || &key.func != func || stored.stored_at >= stored_before
-            {
-                return true;
+        for key in stale {
+            // Judged again under the key's own lock: a value stored since the scan stays.
+            let outcome = self
+                .values
+                .entry(Key::clone(&key))
+                .and_compute_with(|current| match current {
+                    Some(e) if e.value().stored_at < stored_before => Op::Remove,
+                    _ => Op::Nop,
+                });
+            if matches!(outcome, CompResult::Removed(_)) {
+                removed += 1;
             }
-            if let Some(policy) = &self.policy {
-                policy.invalidate(key);
-            }
-            removed += 1;
-            false
-        });
-        self.drop_evicted();
+        }
         self.counters.expirations.fetch_add(removed, Relaxed);
         Ok(removed)
     }

@@ -291,3 +291,63 @@ async fn expire_after_removes_expired_values_in_the_background() {
     }
     assert_eq!(core.len(), 1, "only the value stored last stays");
 }
+
+/// Reads count for the policy whether they come through `get_value` (the front end's hit) or
+/// `get` (its read under `next_time`): a hot set read only one way survives a stream of
+/// values ten times the bound, each missed twice before it is stored (which alone would win
+/// over values never read: the policy admits a new value over one seen less often).
+#[tokio::test]
+async fn a_hot_set_survives_a_stream_whichever_read_it_takes() {
+    for through_get in [false, true] {
+        let core = MemoryCore::with_config(Config::unbounded().max_entries(Some(100)));
+        let read = async |core: &MemoryCore, i: u64| {
+            if through_get {
+                core.get(&key(i)).await.expect("get")
+            } else {
+                core.get_value(&key(i)).await.expect("get_value")
+            }
+        };
+        store(&core, 0..10, 10).await;
+        for i in 1_000..2_000 {
+            for _ in 0..2 {
+                assert!(read(&core, i).await.is_none());
+            }
+            store(&core, i..i + 1, 10).await;
+            for h in 0..10 {
+                read(&core, h).await;
+            }
+        }
+        core.run_pending_tasks();
+        let mut kept = 0;
+        for h in 0..10 {
+            kept += u32::from(core.get(&key(h)).await.expect("get").is_some());
+        }
+        assert!(
+            kept >= 9,
+            "{kept} of 10 hot values kept (read through {})",
+            if through_get { "get" } else { "get_value" }
+        );
+    }
+}
+
+/// When the keys in use change, the new ones get in: a full store of values nobody reads any
+/// more admits new values that are asked for again (a miss, then a second miss).
+#[tokio::test]
+async fn a_new_working_set_replaces_an_unused_one() {
+    let core = MemoryCore::with_config(Config::unbounded().max_entries(Some(100)));
+    store(&core, 0..100, 10).await;
+    core.run_pending_tasks();
+    for _ in 0..3 {
+        for i in 1_000..1_100 {
+            if core.get_value(&key(i)).await.expect("get_value").is_none() {
+                store(&core, i..i + 1, 10).await;
+            }
+        }
+        core.run_pending_tasks();
+    }
+    let mut present = 0;
+    for i in 1_000..1_100 {
+        present += u32::from(core.get(&key(i)).await.expect("get").is_some());
+    }
+    assert!(present >= 90, "{present} of 100 new values admitted");
+}
