@@ -24,14 +24,16 @@ pub fn mysql_url() -> String {
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned())
 }
 
-/// Settings for the shared test servers: the crate's defaults, except a statement timeout long
-/// enough for values near the 16 MiB limit while the whole test matrix loads the machine's two
-/// cores (a second is plenty for them on an idle machine, not under that load). Tests of the
-/// default timeouts use private servers or cores of their own.
+/// Settings for the shared test servers: the crate's defaults, except statement and connect
+/// timeouts long enough for values near the 16 MiB limit, and for opening a pool's TLS
+/// connections, while the whole test matrix loads the machine's two cores (a second is plenty
+/// on an idle machine, not under that load). Tests of the default timeouts use private servers
+/// or cores of their own.
 pub fn shared_config(url: &str) -> cachier_sql::Config {
     cachier_sql::Config::from_url(url)
         .expect("the test URL parses")
         .statement_timeout(std::time::Duration::from_secs(10))
+        .connect_timeout(std::time::Duration::from_secs(10))
 }
 
 /// The SQLite file every test process of this crate shares.
