@@ -182,10 +182,12 @@ async fn measure(ctx: &Ctx, dir: &Path, report: &mut Report) -> BenchResult<bool
             .ctx("keys")?;
         let t0 = std::time::Instant::now();
         populate(core.clone(), keys, &sealed, 16).await?;
+        let written = t0.elapsed();
         eprintln!(
             "cachier-bench: file: {n} entries stored in {:.1} s",
-            t0.elapsed().as_secs_f64()
+            written.as_secs_f64()
         );
+        bulk_row(report, "write", n, written, "core.set from 16 tasks");
         let probe = probes(n, SCALE_PROBES);
         let func_dir = entry_path(&core, &f, probe[0], &sealed)?
             .parent()
@@ -216,15 +218,40 @@ async fn measure(ctx: &Ctx, dir: &Path, report: &mut Report) -> BenchResult<bool
                 probe.len()
             ),
         );
-        drop(cache);
         let t0 = std::time::Instant::now();
-        std::fs::remove_dir_all(&scale_dir).ctx("remove scale dir")?;
+        let cleared = f.clear().await.ctx("clear")?;
+        let clear_time = t0.elapsed();
+        if cleared != n as u64 {
+            return Err(format!("file clear of {n} entries removed {cleared}"));
+        }
         eprintln!(
-            "cachier-bench: file: {n} entries removed in {:.1} s",
-            t0.elapsed().as_secs_f64()
+            "cachier-bench: file: {n} entries cleared in {:.1} s",
+            clear_time.as_secs_f64()
         );
+        bulk_row(report, "clear", n, clear_time, "Function::clear");
+        drop(cache);
+        std::fs::remove_dir_all(&scale_dir).ctx("remove scale dir")?;
     }
     Ok(stampede_ok)
+}
+
+/// One timing of a bulk operation on `n` entries of 100 B, with its cost per entry.
+fn bulk_row(report: &mut Report, what: &str, n: usize, took: std::time::Duration, how: &str) {
+    let ms = took.as_secs_f64() * 1e3;
+    report.push(Row {
+        target: TARGET,
+        case: format!("{what} {} entries of 100 B", count_label(n)),
+        variant: how.into(),
+        unit: Unit::Millis,
+        value: crate::harness::Summary::single(ms),
+        baseline: None,
+        ratio: None,
+        goal: None,
+        note: format!(
+            "one run, one directory; {:.1} us per entry",
+            ms * 1e3 / n as f64
+        ),
+    });
 }
 
 /// A hit of a `size`-byte value of type `T`, against reads of the same entry file.
