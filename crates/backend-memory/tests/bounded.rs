@@ -337,17 +337,26 @@ async fn a_new_working_set_replaces_an_unused_one() {
     let core = MemoryCore::with_config(Config::unbounded().max_entries(Some(100)));
     store(&core, 0..100, 10).await;
     core.run_pending_tasks();
-    for _ in 0..3 {
+    // The admission policy weighs how often each key was asked for, so the new set takes over
+    // within a few rounds of use (how many depends on the policy's sampled counts).
+    let mut present = 0;
+    for _ in 0..12 {
         for i in 1_000..1_100 {
             if core.get_value(&key(i)).await.expect("get_value").is_none() {
                 store(&core, i..i + 1, 10).await;
             }
         }
         core.run_pending_tasks();
+        present = 0;
+        for i in 1_000..1_100 {
+            present += u32::from(core.get(&key(i)).await.expect("get").is_some());
+        }
+        if present >= 90 {
+            break;
+        }
     }
-    let mut present = 0;
-    for i in 1_000..1_100 {
-        present += u32::from(core.get(&key(i)).await.expect("get").is_some());
-    }
-    assert!(present >= 90, "{present} of 100 new values admitted");
+    assert!(
+        present >= 90,
+        "{present} of 100 new values admitted after 12 rounds of use"
+    );
 }
