@@ -17,7 +17,7 @@
 //! # async fn demo() -> cachier_core::Result<()> {
 //! // The library's path and the plugin's own configuration text (here a directory).
 //! let core: Arc<dyn Core> =
-//!     Arc::new(PluginCore::load("/opt/app/libcachier_plugin_file.so", "/var/cache/app")?);
+//!     Arc::new(PluginCore::load("plugins/libcachier_plugin_file.so", "cache-dir")?);
 //! let cache = Cachier::builder(core).namespace("app")?.build();
 //! let answer: u64 = cache.function(func_id!("answer")).call(&(), || async { 42 }).await?;
 //! # Ok(()) }
