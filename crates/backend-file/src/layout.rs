@@ -28,6 +28,9 @@ const CLAIM_SUFFIX: &str = ".claim";
 const TEMP_SUFFIX: &str = ".tmp";
 /// The length of an argument hash in hex.
 const HASH_HEX_LEN: usize = 64;
+/// The length of a shard directory's name: the first hex digits of the argument hashes in it.
+/// Two digits make 256 shards, so a function of 1e6 entries keeps about 4,000 in a directory.
+const SHARD_HEX_LEN: usize = 2;
 
 /// Makes a namespace or function id into a directory name that is safe on every file system:
 /// a readable prefix (ASCII letters, digits, `_` and `-`; every other character becomes `_`; at
@@ -70,7 +73,7 @@ pub(crate) fn func_dir(root: &Path, namespace: &Namespace, func: &FuncId) -> Pat
 /// The paths of one key.
 #[derive(Debug, Clone)]
 pub(crate) struct KeyPaths {
-    /// The function directory the files live in.
+    /// The shard directory the files live in: `{function dir}/{first two hex digits}`.
     pub dir: PathBuf,
     /// The entry file: `{hash}`.
     pub entry: PathBuf,
@@ -82,8 +85,8 @@ pub(crate) struct KeyPaths {
 
 impl KeyPaths {
     pub(crate) fn new(root: &Path, key: &Key) -> Self {
-        let dir = func_dir(root, &key.namespace, &key.func);
         let stem = key.hash.to_hex();
+        let dir = func_dir(root, &key.namespace, &key.func).join(&stem[..SHARD_HEX_LEN]);
         KeyPaths {
             entry: dir.join(&stem),
             claim: dir.join(format!("{stem}{CLAIM_SUFFIX}")),
@@ -137,6 +140,9 @@ pub(crate) enum FileKind {
     Claim,
     /// `.{...}.tmp`: a file being written (or left behind by a killed process).
     Temp,
+    /// `{two hex digits}`: a shard directory of a function directory, holding the files of
+    /// the hashes that start with its name.
+    Shard,
     /// Anything else: not ours, left alone.
     Foreign,
 }
@@ -150,6 +156,10 @@ pub(crate) fn classify(name: &OsStr) -> FileKind {
     };
     if is_hash(name) {
         FileKind::Entry
+    } else if name.len() == SHARD_HEX_LEN
+        && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        FileKind::Shard
     } else if name.strip_suffix(CLAIM_SUFFIX).is_some_and(is_hash) {
         FileKind::Claim
     } else if name.starts_with('.') && name.ends_with(TEMP_SUFFIX) && name.len() > 5 {
@@ -297,8 +307,13 @@ mod tests {
             FileKind::Claim
         );
         assert_eq!(classify(OsStr::new(&temp_name(&hash))), FileKind::Temp);
+        assert_eq!(classify(OsStr::new("0f")), FileKind::Shard);
         for foreign in [
             "README",
+            "0F",
+            "0",
+            "0g",
+            "012",
             "0123",
             ".tmp",
             &hash.to_uppercase(),

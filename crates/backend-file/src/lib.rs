@@ -18,20 +18,32 @@
 //! # Ok(()) }
 //! ```
 //!
-//! # Storage layout, format version 1
+//! # Storage layout 2, file format version 1
 //!
 //! ```text
 //! {dir}/
 //!   {safe namespace}/                       one directory per Namespace
 //!     {safe function id}/                   one directory per FuncId
-//!       {hash}                              entry file: one cached value
-//!       {hash}.claim                        claim file: a live (or expired) claim
-//!       .{hash}.{pid}-{n}-{random}.tmp      a file being written (renamed or linked into place)
+//!       {hh}/                               shard: the keys whose hash starts with {hh}
+//!         {hash}                            entry file: one cached value
+//!         {hash}.claim                      claim file: a live (or expired) claim
+//!         .{hash}.{pid}-{n}-{random}.tmp    a file being written (renamed or linked into place)
 //!     .clearing.{safe function id}.{pid}-{n}-{random}/   a function directory being cleared
 //!   .clearing.{safe namespace}.{pid}-{n}-{random}/       a namespace directory being cleared
 //! ```
 //!
-//! - `{hash}` is the key's [`ArgHash`](cachier_core::ArgHash) as 64 lowercase hex digits.
+//! - `{hash}` is the key's [`ArgHash`](cachier_core::ArgHash) as 64 lowercase hex digits;
+//!   `{hh}` its first two. The 256 shards keep directories small (about 4,000 files each at
+//!   1e6 entries of one function), so a `readdir`-based sweep and the file system's own
+//!   directory index stay fast, and a `clear` costs the same per entry at any size. A shard is
+//!   created by the first write into it and costs one directory block (4 KiB on ext4); a
+//!   function with many entries thus has up to 1 MiB of directories beside its files, each of
+//!   which takes at least one block itself (4 KiB for a 100-byte value on ext4).
+//! - Layout 1 (before shards) kept the files directly in the function directory. This build
+//!   never reads them (they are misses, and the next `set` writes into the shard), but
+//!   `clear`, `clear_namespace`, `delete_stale` and `clear_claims` still treat them as entries
+//!   and claims, so they go with the next clear. Processes of both layouts must not share one
+//!   directory at the same time: their claims on the same key would not see each other.
 //! - A *safe* name is a readable prefix of the id (at most 40 characters; ASCII letters, digits,
 //!   `_` and `-` kept, anything else turned into `_`), a `-`, and 16 hex digits of the BLAKE3
 //!   hash of the exact id (domain tag `cachier-file-name-v1\0`). So `foo`, `foo_bar`, `foo*`
@@ -60,7 +72,7 @@
 //!
 //! # Writes
 //!
-//! `set` writes a temp file in the function directory and renames it over the entry file, so a
+//! `set` writes a temp file in the shard directory and renames it over the entry file, so a
 //! reader sees the old value or the new one, never a mix, and a miss never rewrites another
 //! entry. A process killed mid-write leaves only a temp file, which readers ignore and `clear` /
 //! `delete_stale` remove once it is an hour old. Directories are created on demand, so a store

@@ -411,11 +411,14 @@ async fn clear_renames_the_directory_aside_ends_claims_and_sweeps_leftovers() {
     let Claim::Acquired(token) = core.claim(&held, Duration::from_secs(30)).await.unwrap() else {
         panic!("cold key");
     };
-    let func_dir = find_file(&dir.root(), &k.hash.to_hex())
+    // The entry file is in its shard, in the function directory.
+    let shard = find_file(&dir.root(), &k.hash.to_hex())
         .unwrap()
         .parent()
         .unwrap()
         .to_path_buf();
+    assert_eq!(shard.file_name().unwrap(), &k.hash.to_hex()[..2]);
+    let func_dir = shard.parent().unwrap().to_path_buf();
     let ns_dir = func_dir.parent().unwrap().to_path_buf();
     let name = func_dir.file_name().unwrap().to_str().unwrap().to_owned();
 
@@ -600,13 +603,14 @@ async fn a_read_only_directory_is_a_clear_error_and_reads_still_work() {
     core.set(&k, b"kept".to_vec().into(), Timestamp::now())
         .await
         .unwrap();
-    let func_dir = find_file(&dir.root(), &k.hash.to_hex())
+    let shard = find_file(&dir.root(), &k.hash.to_hex())
         .unwrap()
         .parent()
         .unwrap()
         .to_path_buf();
+    let func_dir = shard.parent().unwrap().to_path_buf();
     let ns_dir = func_dir.parent().unwrap().to_path_buf();
-    let _read_only = ReadOnly::new(vec![func_dir.clone(), ns_dir, dir.root()]);
+    let _read_only = ReadOnly::new(vec![shard.clone(), func_dir, ns_dir, dir.root()]);
 
     assert_eq!(value(&core, &k).await.as_deref(), Some(&b"kept"[..]));
     let err = core
@@ -617,10 +621,7 @@ async fn a_read_only_directory_is_a_clear_error_and_reads_still_work() {
     assert_eq!(err.operation(), Some("set"));
     assert_eq!(err.backend(), Some("file"));
     assert_eq!(err.key(), Some(k.to_string().as_str()));
-    assert!(
-        err.to_string().contains(&*func_dir.to_string_lossy()),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&*shard.to_string_lossy()), "{err}");
 
     let err = core.claim(&k, Duration::from_secs(5)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
@@ -921,4 +922,42 @@ async fn eight_processes_of_eight_tasks_compute_a_cold_key_once() {
     }
     let log = fs::read_to_string(shared.join("computations")).unwrap();
     assert_eq!(log.lines().count(), 1, "computations:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_of_the_unsharded_layout_are_misses_and_go_with_clear() {
+    let dir = TestDir::new();
+    let core = dir.open();
+    let k = key("app::layout", 1);
+    core.set(&k, b"sharded".to_vec().into(), Timestamp::now())
+        .await
+        .unwrap();
+    let entry = find_file(&dir.root(), &k.hash.to_hex()).unwrap();
+    let func_dir = entry.parent().unwrap().parent().unwrap().to_path_buf();
+    // Layout 1 kept a valid entry file (and its claim) directly in the function directory.
+    let old = key("app::layout", 2);
+    fs::copy(&entry, func_dir.join(old.hash.to_hex())).unwrap();
+    fs::write(
+        func_dir.join(format!("{}.claim", old.hash.to_hex())),
+        b"an old claim",
+    )
+    .unwrap();
+    // A regular file with a shard's name is foreign, and so is a directory inside a shard.
+    fs::write(func_dir.join("ff"), b"not a shard").unwrap();
+    fs::create_dir(entry.parent().unwrap().join("0a")).unwrap();
+
+    assert_eq!(core.get(&old).await.unwrap(), None, "layout 1 is not read");
+    assert_eq!(value(&core, &k).await.as_deref(), Some(&b"sharded"[..]));
+    assert_eq!(core.clear(&k.namespace, &k.func).await.unwrap(), 2);
+    let mut left: Vec<String> = all_files(&dir.root())
+        .iter()
+        .map(|p| p.strip_prefix(&func_dir).unwrap().display().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["ff"], "only the foreign file is put back");
+    assert!(
+        entry.parent().unwrap().join("0a").is_dir(),
+        "a foreign directory in a shard is put back where it was"
+    );
+    assert_eq!(core.get(&k).await.unwrap(), None);
 }
