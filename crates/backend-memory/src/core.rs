@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cachier_core::{
     Bytes, Capabilities, Claim, ClaimToken, Core, Entry, FuncId, Key, Namespace, Result, Timestamp,
+    Usage,
     async_trait,
 };
 use moka::notification::RemovalCause;
@@ -404,5 +405,21 @@ impl Core for MemoryCore {
         let matches = |k: &Key| &k.namespace == namespace;
         self.end_claims_where(matches);
         Ok(self.remove_values_where(matches))
+    }
+
+    /// Counts the namespace's values and their bytes in one pass over the store (no copy of a
+    /// value; a store of a million values takes some tens of milliseconds).
+    async fn usage(&self, namespace: &Namespace) -> Result<Usage> {
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        for (key, stored) in self.values.iter() {
+            if &key.namespace == namespace {
+                entries += 1;
+                bytes += stored.value.len() as u64;
+            }
+        }
+        Ok(Usage {
+            entries: Some(entries),
+            bytes: Some(bytes),
+        })
     }
 }

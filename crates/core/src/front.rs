@@ -24,15 +24,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::codec::{self, DefaultCodec};
-use crate::contract::{Claim, ClaimToken, Core, Entry, Timestamp};
+use crate::contract::{Claim, ClaimToken, Core, Entry, Timestamp, Usage};
 use crate::error::{Error, Result};
 use crate::health::{Health, ProbeBackoff};
 use crate::key::{FuncId, Key, Namespace};
 use crate::none::is_none;
 use crate::settings::{CallOptions, Settings, caching_enabled};
 use crate::stats::{Counters, Stats};
+use crate::telemetry::{self, CallOutcome, Event, FunctionMetrics, Outcome};
 
 pub(crate) mod attribute;
 
@@ -163,8 +165,10 @@ impl CachierBuilder {
         self
     }
 
-    /// Finishes the cache.
+    /// Finishes the cache (and describes cachier's metrics to the `metrics` recorder installed
+    /// now, if any: see [`telemetry::describe_metrics`]).
     pub fn build(self) -> Cachier {
+        telemetry::describe_metrics();
         Cachier {
             inner: Arc::new(Inner {
                 core: self.core,
@@ -202,7 +206,17 @@ impl Cachier {
                 .functions
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            map.entry(id.clone()).or_default().clone()
+            let inner = &self.inner;
+            map.entry(id.clone())
+                .or_insert_with(|| {
+                    let metrics = FunctionMetrics::new(
+                        id.as_str(),
+                        inner.namespace.as_str(),
+                        inner.core.name(),
+                    );
+                    Arc::new(Counters::new(metrics))
+                })
+                .clone()
         };
         Function {
             cache: self.clone(),
@@ -236,6 +250,23 @@ impl Cachier {
     /// Whether this cache is on, and caching is on process-wide.
     pub fn is_enabled(&self) -> bool {
         caching_enabled() && self.inner.enabled.load(Ordering::Relaxed)
+    }
+
+    /// What the backend stores in this cache's namespace (every function), as far as it can tell
+    /// cheaply ([`Core::usage`]; `None` fields are unknown). With the `metrics` feature, the
+    /// known figures are also set as the gauges `cachier_entries` and `cachier_stored_bytes`
+    /// (labels `namespace`, `backend`): call it from a timer, or before a scrape, to export them.
+    /// Fails at once while the backend is unavailable.
+    pub async fn usage(&self) -> Result<Usage> {
+        let inner = &self.inner;
+        if inner.health.is_open() {
+            return Err(inner.health.open_error(inner.core.as_ref(), "usage"));
+        }
+        let usage = inner.core.usage(&inner.namespace).await;
+        inner.health.observe(&inner.core, &inner.namespace, &usage);
+        let usage = usage?;
+        telemetry::usage_gauges(inner.namespace.as_str(), inner.core.name(), usage);
+        Ok(usage)
     }
 
     /// Whether the backend is considered unavailable: after a connection-level failure, calls
@@ -406,7 +437,7 @@ impl Function {
                 "call_blocking inside a current-thread tokio runtime bypasses the cache; \
                  use `call` there"
             );
-            Counters::bump(&self.counters.bypassed);
+            self.counters.count(Event::Bypassed);
             return Ok(compute());
         }
         let call = self.call_with(opts, args, move || async move { compute() });
@@ -550,8 +581,25 @@ impl Function {
         Fut: Future<Output = Computed<T, E>>,
     {
         let started = Instant::now();
-        let out = self.run_uninstrumented(opts, key, compute, refresh).await;
-        self.counters.record_latency(started.elapsed());
+        let outcome = CallOutcome::new();
+        let inner = &self.cache.inner;
+        let span = tracing::debug_span!(
+            "cachier.call",
+            function = %self.id,
+            namespace = %inner.namespace,
+            backend = inner.core.name(),
+            outcome = tracing::field::Empty,
+        );
+        let out = self
+            .run_uninstrumented(opts, key, compute, refresh, &outcome)
+            .instrument(span.clone())
+            .await;
+        if out.is_err() {
+            outcome.set(Outcome::Error);
+        }
+        let outcome = outcome.get();
+        span.record("outcome", outcome.as_str());
+        self.counters.record_latency(started.elapsed(), outcome);
         out
     }
 
@@ -561,6 +609,7 @@ impl Function {
         key: Result<Key>,
         compute: F,
         refresh: Option<Refresh<F>>,
+        out: &CallOutcome,
     ) -> Result<Computed<T, E>>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -568,8 +617,7 @@ impl Function {
         Fut: Future<Output = Computed<T, E>>,
     {
         if opts.skip_cache || !self.cache.is_enabled() {
-            Counters::bump(&self.counters.bypassed);
-            Counters::bump(&self.counters.computations);
+            self.bypass(out);
             return Ok(compute().await);
         }
         let key = match key {
@@ -577,8 +625,7 @@ impl Function {
             Err(err) if self.settings.strict => return Err(err),
             Err(err) => {
                 tracing::warn!(func = %self.id, error = %err, "arguments not hashable; computing without the cache");
-                Counters::bump(&self.counters.bypassed);
-                Counters::bump(&self.counters.computations);
+                self.bypass(out);
                 return Ok(compute().await);
             }
         };
@@ -589,8 +636,7 @@ impl Function {
                 return Err(inner.health.open_error(inner.core.as_ref(), "call"));
             }
             inner.health.skipped(&inner.core, &inner.namespace);
-            Counters::bump(&self.counters.bypassed);
-            Counters::bump(&self.counters.computations);
+            self.bypass(out);
             return Ok(compute().await);
         }
         self.maybe_clean_up();
@@ -614,16 +660,18 @@ impl Function {
             });
             match read {
                 Err(err) => {
-                    self.backend_error("get", &key, err)?;
-                    return self.compute_unclaimed(&key, compute, false).await;
+                    self.backend_error("get", &key, err, out)?;
+                    return self.compute_unclaimed(&key, compute, false, out).await;
                 }
                 Ok(entry) => match self.judge(&key, entry.as_ref(), freshness) {
                     Usable::Fresh(value) => {
-                        Counters::bump(&self.counters.hits);
+                        self.counters.count(Event::Hit);
+                        out.set(Outcome::Hit);
                         return Ok(Ok(value));
                     }
                     Usable::Stale(value) if self.settings.next_time && refresh.is_some() => {
-                        Counters::bump(&self.counters.stale_hits);
+                        self.counters.count(Event::StaleHit);
+                        out.set(Outcome::Stale);
                         if let Some(refresh) = refresh
                             && !entry.as_ref().is_some_and(Entry::is_claimed)
                         {
@@ -635,7 +683,7 @@ impl Function {
                 },
             }
         }
-        self.claim_and_compute(key, freshness, compute).await
+        self.claim_and_compute(key, freshness, compute, out).await
     }
 
     /// Steps 4 and 5: claim the key and compute, or wait for whoever holds it.
@@ -644,6 +692,7 @@ impl Function {
         key: Key,
         freshness: Freshness,
         compute: F,
+        out: &CallOutcome,
     ) -> Result<Computed<T, E>>
     where
         T: Serialize + DeserializeOwned + Send + Sync + 'static,
@@ -661,8 +710,8 @@ impl Function {
         loop {
             let until = match self.seen(core.claim(&key, lease).await) {
                 Err(err) => {
-                    self.backend_error("claim", &key, err)?;
-                    return self.compute_unclaimed(&key, compute, false).await;
+                    self.backend_error("claim", &key, err, out)?;
+                    return self.compute_unclaimed(&key, compute, false, out).await;
                 }
                 Ok(Claim::Acquired(token)) => {
                     // Between our read and this claim, another caller may have stored its
@@ -674,17 +723,19 @@ impl Function {
                         if let Err(err) = core.release(&key, &token).await {
                             tracing::warn!(key = %key, error = %err, "claim release failed; it ends with its lease");
                         }
-                        Counters::bump(&self.counters.hits);
+                        self.counters.count(Event::Hit);
+                        out.set(if waited { Outcome::Waited } else { Outcome::Hit });
                         return Ok(Ok(value));
                     }
-                    Counters::bump(&self.counters.misses);
-                    return self.compute_claimed(key, token, compute).await;
+                    self.counters.count(Event::Miss);
+                    out.set(Outcome::Miss);
+                    return self.compute_claimed(key, token, compute, out).await;
                 }
                 Ok(Claim::Held { until }) => until,
             };
             if !waited {
                 waited = true;
-                Counters::bump(&self.counters.waits);
+                self.counters.count(Event::Wait);
             }
             // Wait until the holder's lease would end (a little past it, to let a renewal
             // land), then look again: a live holder keeps renewing, a dead one does not.
@@ -693,21 +744,22 @@ impl Function {
             if let Some(deadline) = deadline {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if left.is_zero() {
-                    Counters::bump(&self.counters.wait_timeouts);
+                    self.counters.count(Event::WaitTimeout);
                     tracing::debug!(key = %key, "waited wait_for_calc_timeout for another caller; computing");
-                    return self.compute_unclaimed(&key, compute, true).await;
+                    return self.compute_unclaimed(&key, compute, true, out).await;
                 }
                 chunk = chunk.min(left);
             }
             let waited_from = tokio::time::Instant::now();
             match self.seen(core.wait(&key, chunk).await) {
                 Err(err) => {
-                    self.backend_error("wait", &key, err)?;
-                    return self.compute_unclaimed(&key, compute, false).await;
+                    self.backend_error("wait", &key, err, out)?;
+                    return self.compute_unclaimed(&key, compute, false, out).await;
                 }
                 Ok(entry) => {
                     if let Usable::Fresh(value) = self.judge(&key, entry.as_ref(), freshness) {
-                        Counters::bump(&self.counters.hits);
+                        self.counters.count(Event::Hit);
+                        out.set(Outcome::Waited);
                         return Ok(Ok(value));
                     }
                 }
@@ -729,6 +781,7 @@ impl Function {
         key: Key,
         token: ClaimToken,
         compute: F,
+        out: &CallOutcome,
     ) -> Result<Computed<T, E>>
     where
         T: Serialize + Send + Sync + 'static,
@@ -741,11 +794,11 @@ impl Function {
             token,
             self.settings.lease,
         );
-        Counters::bump(&self.counters.computations);
+        self.counters.count(Event::Computation);
         let result = compute().await;
         match result {
             Ok(value) => {
-                let stored = self.store(&guard.key, &value).await;
+                let stored = self.store(&guard.key, &value, out).await;
                 if matches!(stored, Ok(true)) {
                     guard.disarm();
                 } else {
@@ -767,17 +820,19 @@ impl Function {
         key: &Key,
         compute: F,
         store: bool,
+        out: &CallOutcome,
     ) -> Result<Computed<T, E>>
     where
         T: Serialize + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Computed<T, E>>,
     {
-        Counters::bump(&self.counters.misses);
-        Counters::bump(&self.counters.computations);
+        self.counters.count(Event::Miss);
+        self.counters.count(Event::Computation);
+        out.set(Outcome::Miss);
         let result = compute().await;
         if store && let Ok(value) = &result {
-            self.store(key, value).await?;
+            self.store(key, value, out).await?;
         }
         Ok(result)
     }
@@ -792,16 +847,18 @@ impl Function {
     {
         let this = self.clone();
         tokio::spawn(async move {
+            // The refresh is no call of its own: its outcome goes nowhere.
+            let out = CallOutcome::new();
             let claimed = this.cache.inner.core.claim(&key, this.settings.lease).await;
             match this.seen(claimed) {
                 Ok(Claim::Acquired(token)) => {
-                    if let Err(err) = this.compute_claimed(key, token, compute).await {
+                    if let Err(err) = this.compute_claimed(key, token, compute, &out).await {
                         tracing::warn!(func = %this.id, error = %err, "background refresh failed");
                     }
                 }
                 Ok(Claim::Held { .. }) => {}
                 Err(err) => {
-                    let _ = this.backend_error("claim", &key, err);
+                    let _ = this.backend_error("claim", &key, err, &out);
                 }
             }
         });
@@ -820,7 +877,12 @@ impl Function {
 
     /// Encodes and stores a computed value. `Ok(true)` if it was stored (which also ended any
     /// claim), `Ok(false)` if it was deliberately not stored or the backend failed (logged).
-    async fn store<T: Serialize + Sync + 'static>(&self, key: &Key, value: &T) -> Result<bool> {
+    async fn store<T: Serialize + Sync + 'static>(
+        &self,
+        key: &Key,
+        value: &T,
+        out: &CallOutcome,
+    ) -> Result<bool> {
         if !self.settings.allow_none && is_none(value) {
             return Ok(false);
         }
@@ -840,7 +902,7 @@ impl Function {
         if let Some(limit) = limit
             && bytes.len() > limit
         {
-            Counters::bump(&self.counters.size_limit_rejections);
+            self.counters.count(Event::SizeLimitRejection);
             let msg = format!(
                 "result of {} bytes not stored: the limit is {limit} bytes",
                 bytes.len()
@@ -856,7 +918,7 @@ impl Function {
             .await;
         match self.seen(stored) {
             Ok(()) => Ok(true),
-            Err(err) => self.backend_error("set", key, err).map(|()| false),
+            Err(err) => self.backend_error("set", key, err, out).map(|()| false),
         }
     }
 
@@ -888,7 +950,7 @@ impl Function {
             Ok(value) => value,
             Err(err) => {
                 if report_corrupt {
-                    Counters::bump(&self.counters.corrupt_entries);
+                    self.counters.count(Event::CorruptEntry);
                     tracing::warn!(key = %key, error = %err, "stored value does not decode; treating it as a miss");
                 }
                 return Usable::Missing;
@@ -913,15 +975,35 @@ impl Function {
         }
     }
 
+    /// Counts a call that skips the cache and computes.
+    fn bypass(&self, out: &CallOutcome) {
+        self.counters.count(Event::Bypassed);
+        self.counters.count(Event::Computation);
+        out.set(Outcome::Bypassed);
+    }
+
     /// Counts and logs a backend error; returns it with `strict`.
-    fn backend_error(&self, operation: &'static str, key: &Key, err: Error) -> Result<()> {
-        Counters::bump(&self.counters.backend_errors);
+    fn backend_error(
+        &self,
+        operation: &'static str,
+        key: &Key,
+        err: Error,
+        out: &CallOutcome,
+    ) -> Result<()> {
+        let kind = err.kind();
+        self.counters.backend_error(kind, operation);
+        out.set(Outcome::Error);
+        let backend = self.cache.inner.core.name();
+        let kind = telemetry::error_kind_label(kind);
         if self.settings.strict {
+            // The caller gets the error (and logs it as it sees fit).
+            tracing::debug!(backend, operation, kind, key = %key, error = %err, "cache backend failed");
             return Err(err);
         }
         tracing::warn!(
-            backend = self.cache.inner.core.name(),
+            backend,
             operation,
+            kind,
             key = %key,
             error = %err,
             "cache backend failed; computing without it"

@@ -374,6 +374,7 @@ macro_rules! __conformance_checks {
             get_missing_is_none,
             set_get_round_trip,
             get_value_matches_get,
+            usage_counts_one_namespace,
             set_overwrites,
             binary_values_every_byte,
             empty_value_round_trips,

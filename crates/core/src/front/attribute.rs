@@ -28,7 +28,7 @@ use super::{Computed, Function, Refresh};
 use crate::error::Result;
 use crate::key::Key;
 use crate::settings::CallOptions;
-use crate::stats::Counters;
+use crate::telemetry::Event;
 
 /// An `async fn` under the attribute: `compute` may borrow from the caller.
 pub async fn call<T, E, F, Fut>(
@@ -133,7 +133,7 @@ impl Blocking {
                     "a cached plain fn called inside a current-thread tokio runtime bypasses \
                      the cache; make it an async fn there"
                 );
-                Counters::bump(&f.counters.bypassed);
+                f.counters.count(Event::Bypassed);
                 None
             }
         }
