@@ -590,10 +590,16 @@ impl Function {
             backend = inner.core.name(),
             outcome = tracing::field::Empty,
         );
-        let out = self
-            .run_uninstrumented(opts, key, compute, refresh, &outcome)
-            .instrument(span.clone())
-            .await;
+        // With no subscriber listening the span is disabled: await the call as it is, since
+        // wrapping its (large) future in `Instrumented` costs a copy of it on every call.
+        let out = if span.is_disabled() {
+            self.run_uninstrumented(opts, key, compute, refresh, &outcome)
+                .await
+        } else {
+            self.run_uninstrumented(opts, key, compute, refresh, &outcome)
+                .instrument(span.clone())
+                .await
+        };
         if out.is_err() {
             outcome.set(Outcome::Error);
         }

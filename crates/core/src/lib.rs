@@ -18,6 +18,10 @@
 //! - [`Cachier`] and [`Function`] — the front end: settings ([`Settings`]), per-call options
 //!   ([`CallOptions`]), `call`, `call_blocking`, `try_call`, `precache`, `remove`, `clear`,
 //!   `clear_claims`, [`Stats`].
+//! - [`telemetry`] — observability: counters and a latency histogram through the `metrics`
+//!   facade (feature `metrics`, on by default; nothing is exported until the application
+//!   installs a recorder), one `tracing` span per call, and the namespace gauges of
+//!   [`Cachier::usage`] ([`Core::usage`], [`Usage`]).
 //! - `conformance` (feature `conformance`) — the checks every backend passes, and the
 //!   `conformance_suite!` macro that turns them into tests.
 //! - [`cachier`](macro@cachier) (feature `macros`, on by default) — the `#[cachier]` attribute,

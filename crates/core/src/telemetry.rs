@@ -210,16 +210,19 @@ pub fn describe_metrics() {
 pub(crate) struct CallOutcome(AtomicU8);
 
 impl CallOutcome {
+    #[inline]
     pub fn new() -> Self {
         CallOutcome(AtomicU8::new(Outcome::Miss as u8))
     }
 
+    #[inline]
     pub fn set(&self, outcome: Outcome) {
         if self.0.load(Ordering::Relaxed) != Outcome::Error as u8 {
             self.0.store(outcome as u8, Ordering::Relaxed);
         }
     }
 
+    #[inline]
     pub fn get(&self) -> Outcome {
         Outcome::ALL[usize::from(self.0.load(Ordering::Relaxed)).min(Outcome::ALL.len() - 1)]
     }
