@@ -86,7 +86,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         match (arg.as_str(), value.as_deref().map(str::parse::<u64>)) {
             ("--port", Some(Ok(p))) => port = u16::try_from(p)?,
             ("--rounds", Some(Ok(r))) => rounds = Some(r),
-            _ => return Err(format!("usage: prometheus [--port PORT] [--rounds N] (got {arg:?})").into()),
+            _ => {
+                return Err(
+                    format!("usage: prometheus [--port PORT] [--rounds N] (got {arg:?})").into(),
+                );
+            }
         }
     }
     let addr = install_exporter(port)?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use cachier_core::{CallOptions, Cachier, FuncId, Function, Stats};
+use cachier_core::{Cachier, CallOptions, FuncId, Function, Stats};
 use cachier_memory::MemoryCore;
 use cachier_redis::{Config, RedisCore};
 use metrics_util::MetricKind;
@@ -49,7 +49,10 @@ impl Seen {
 
     /// The counter `name` with exactly the labels of `f` plus `extra`; 0 if never counted.
     fn counter(&self, name: &str, f: &Labels, extra: &[(&str, &str)]) -> u64 {
-        self.counters.get(&(name.to_owned(), f.with(extra))).copied().unwrap_or(0)
+        self.counters
+            .get(&(name.to_owned(), f.with(extra)))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn durations(&self, f: &Labels, outcome: &str) -> &[f64] {
@@ -88,7 +91,11 @@ impl Labels {
 
     fn with(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut labels = self.0.clone();
-        labels.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        labels.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         labels.sort();
         labels
     }
@@ -120,10 +127,22 @@ fn assert_matches_stats(seen: &Seen, f: &Labels, stats: &Stats) {
     let c = |name| seen.counter(name, f, &[]);
     assert_eq!(c("cachier_cache_hits_total"), stats.hits, "hits");
     assert_eq!(c("cachier_cache_misses_total"), stats.misses, "misses");
-    assert_eq!(c("cachier_stale_hits_total"), stats.stale_hits, "stale hits");
-    assert_eq!(c("cachier_recalculations_total"), stats.computations, "computations");
+    assert_eq!(
+        c("cachier_stale_hits_total"),
+        stats.stale_hits,
+        "stale hits"
+    );
+    assert_eq!(
+        c("cachier_recalculations_total"),
+        stats.computations,
+        "computations"
+    );
     assert_eq!(c("cachier_waits_total"), stats.waits, "waits");
-    assert_eq!(c("cachier_wait_timeouts_total"), stats.wait_timeouts, "wait timeouts");
+    assert_eq!(
+        c("cachier_wait_timeouts_total"),
+        stats.wait_timeouts,
+        "wait timeouts"
+    );
     assert_eq!(
         c("cachier_size_limit_rejections_total"),
         stats.size_limit_rejections,
@@ -147,7 +166,9 @@ fn assert_matches_stats(seen: &Seen, f: &Labels, stats: &Stats) {
 }
 
 async fn square(f: &Function, n: u64) -> u64 {
-    f.call(&n, move || async move { n * n }).await.expect("call")
+    f.call(&n, move || async move { n * n })
+        .await
+        .expect("call")
 }
 
 /// Hits and misses, a bypass, an oversized result, each with the function's labels; nothing
@@ -166,7 +187,9 @@ async fn hits_misses_bypass_and_oversized_values() {
     }
     square(&other, 7).await;
     let skipped = f
-        .call_with(CallOptions::default().skip_cache(true), &1u64, || async { 1u64 })
+        .call_with(CallOptions::default().skip_cache(true), &1u64, || async {
+            1u64
+        })
         .await
         .expect("a bypassed call");
     assert_eq!(skipped, 1);
@@ -183,18 +206,31 @@ async fn hits_misses_bypass_and_oversized_values() {
     // 1, 2 and the oversized one (never stored).
     assert_eq!(seen.counter("cachier_cache_misses_total", &labels, &[]), 3);
     // The three misses and the bypassed call.
-    assert_eq!(seen.counter("cachier_recalculations_total", &labels, &[]), 4);
+    assert_eq!(
+        seen.counter("cachier_recalculations_total", &labels, &[]),
+        4
+    );
     assert_eq!(seen.counter("cachier_bypassed_total", &labels, &[]), 1);
-    assert_eq!(seen.counter("cachier_size_limit_rejections_total", &labels, &[]), 1);
+    assert_eq!(
+        seen.counter("cachier_size_limit_rejections_total", &labels, &[]),
+        1
+    );
     assert_eq!(seen.counter("cachier_stale_hits_total", &labels, &[]), 0);
     assert_eq!(seen.durations(&labels, "hit").len(), 3);
     assert_eq!(seen.durations(&labels, "miss").len(), 3);
     assert_eq!(seen.durations(&labels, "bypassed").len(), 1);
-    assert!(seen.durations(&labels, "hit").iter().all(|s| (0.0..1.0).contains(s)));
+    assert!(
+        seen.durations(&labels, "hit")
+            .iter()
+            .all(|s| (0.0..1.0).contains(s))
+    );
     assert_matches_stats(&seen, &labels, &f.stats());
 
     let other_labels = Labels::of(&other, &cache);
-    assert_eq!(seen.counter("cachier_cache_misses_total", &other_labels, &[]), 1);
+    assert_eq!(
+        seen.counter("cachier_cache_misses_total", &other_labels, &[]),
+        1
+    );
     assert_eq!(
         seen.names_of(&other_labels),
         BTreeMap::from([
@@ -220,7 +256,11 @@ async fn stale_hit_and_wait_timeout() {
     });
     assert_eq!(square(&stale, 3).await, 9);
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert_eq!(square(&stale, 3).await, 9, "the stale value, served at once");
+    assert_eq!(
+        square(&stale, 3).await,
+        9,
+        "the stale value, served at once"
+    );
     // The refresh runs in the background: wait for it to store.
     let deadline = Instant::now() + Duration::from_secs(10);
     while stale.stats().computations < 2 {
@@ -245,23 +285,44 @@ async fn stale_hit_and_wait_timeout() {
     while slow.stats().computations == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let own = slow.call(&1u64, || async { 2u64 }).await.expect("the waiter");
+    let own = slow
+        .call(&1u64, || async { 2u64 })
+        .await
+        .expect("the waiter");
     assert_eq!(own, 2, "the waiter computed on its own");
     assert_eq!(holder.await.expect("join").expect("holder"), 1);
 
     let seen = Seen::take(&snapshotter);
     let stale_labels = Labels::of(&stale, &cache);
-    assert_eq!(seen.counter("cachier_stale_hits_total", &stale_labels, &[]), 1);
-    assert_eq!(seen.counter("cachier_cache_misses_total", &stale_labels, &[]), 1);
-    assert_eq!(seen.counter("cachier_recalculations_total", &stale_labels, &[]), 2);
+    assert_eq!(
+        seen.counter("cachier_stale_hits_total", &stale_labels, &[]),
+        1
+    );
+    assert_eq!(
+        seen.counter("cachier_cache_misses_total", &stale_labels, &[]),
+        1
+    );
+    assert_eq!(
+        seen.counter("cachier_recalculations_total", &stale_labels, &[]),
+        2
+    );
     assert_eq!(seen.durations(&stale_labels, "stale").len(), 1);
     assert_matches_stats(&seen, &stale_labels, &stale.stats());
 
     let slow_labels = Labels::of(&slow, &cache);
     assert_eq!(seen.counter("cachier_waits_total", &slow_labels, &[]), 1);
-    assert_eq!(seen.counter("cachier_wait_timeouts_total", &slow_labels, &[]), 1);
-    assert_eq!(seen.counter("cachier_cache_misses_total", &slow_labels, &[]), 2);
-    assert_eq!(seen.counter("cachier_recalculations_total", &slow_labels, &[]), 2);
+    assert_eq!(
+        seen.counter("cachier_wait_timeouts_total", &slow_labels, &[]),
+        1
+    );
+    assert_eq!(
+        seen.counter("cachier_cache_misses_total", &slow_labels, &[]),
+        2
+    );
+    assert_eq!(
+        seen.counter("cachier_recalculations_total", &slow_labels, &[]),
+        2
+    );
     assert_eq!(seen.durations(&slow_labels, "miss").len(), 2);
     assert_matches_stats(&seen, &slow_labels, &slow.stats());
 }
@@ -304,7 +365,10 @@ async fn backend_error_then_bypass() {
     );
     assert_eq!(seen.counter("cachier_cache_misses_total", &labels, &[]), 1);
     assert_eq!(seen.counter("cachier_bypassed_total", &labels, &[]), 1);
-    assert_eq!(seen.counter("cachier_recalculations_total", &labels, &[]), 2);
+    assert_eq!(
+        seen.counter("cachier_recalculations_total", &labels, &[]),
+        2
+    );
     assert_eq!(seen.durations(&labels, "error").len(), 1);
     assert_eq!(seen.durations(&labels, "bypassed").len(), 1);
     assert_eq!(labels.0[2].1, "redis");
@@ -359,7 +423,10 @@ async fn usage_gauges() {
         ("namespace".to_owned(), ns),
         ("backend".to_owned(), "memory".to_owned()),
     ];
-    assert_eq!(gauges.get(&("cachier_entries".to_owned(), labels.clone())), Some(&5.0));
+    assert_eq!(
+        gauges.get(&("cachier_entries".to_owned(), labels.clone())),
+        Some(&5.0)
+    );
     assert_eq!(
         gauges.get(&("cachier_stored_bytes".to_owned(), labels)),
         Some(&(bytes as f64))

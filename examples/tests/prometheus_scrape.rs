@@ -112,7 +112,10 @@ fn scrape(addr: SocketAddr) -> Result<String, String> {
     if !head.starts_with("HTTP/1.1 200") {
         return Err(format!("not a 200: {head}"));
     }
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return Ok(dechunk(body));
     }
     Ok(body.to_owned())
@@ -148,7 +151,10 @@ fn value(family: &Family, name: &str, want: &[(&str, &str)]) -> f64 {
         .samples
         .iter()
         .filter(|s| s.name == name)
-        .find(|s| want.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .find(|s| {
+            want.iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .unwrap_or_else(|| panic!("no {name} sample with {want:?} in {family:?}"))
         .value
 }
@@ -201,21 +207,35 @@ async fn example_exporter_serves_parsable_families() {
     assert_eq!(duration.kind, "histogram");
     let hit = [labels.as_slice(), &[("outcome", "hit")]].concat();
     let miss = [labels.as_slice(), &[("outcome", "miss")]].concat();
-    assert_eq!(value(duration, "cachier_call_duration_seconds_count", &hit), 20.0);
-    assert_eq!(value(duration, "cachier_call_duration_seconds_count", &miss), 10.0);
+    assert_eq!(
+        value(duration, "cachier_call_duration_seconds_count", &hit),
+        20.0
+    );
+    assert_eq!(
+        value(duration, "cachier_call_duration_seconds_count", &miss),
+        10.0
+    );
     // Every miss sleeps 20 ms: the 25 ms bucket holds at most the hits and none of the misses
     // below 20 ms, the +Inf bucket holds them all.
     let inf = [miss.as_slice(), &[("le", "+Inf")]].concat();
-    assert_eq!(value(duration, "cachier_call_duration_seconds_bucket", &inf), 10.0);
+    assert_eq!(
+        value(duration, "cachier_call_duration_seconds_bucket", &inf),
+        10.0
+    );
     let fast = [miss.as_slice(), &[("le", "0.005")]].concat();
-    assert_eq!(value(duration, "cachier_call_duration_seconds_bucket", &fast), 0.0);
+    assert_eq!(
+        value(duration, "cachier_call_duration_seconds_bucket", &fast),
+        0.0
+    );
     assert!(value(duration, "cachier_call_duration_seconds_sum", &miss) >= 0.2);
 
     let ns = [("namespace", "prometheus-example"), ("backend", "memory")];
     let entries = families.get("cachier_entries").expect("cachier_entries");
     assert_eq!(entries.kind, "gauge");
     assert_eq!(value(entries, "cachier_entries", &ns), 10.0);
-    let bytes = families.get("cachier_stored_bytes").expect("cachier_stored_bytes");
+    let bytes = families
+        .get("cachier_stored_bytes")
+        .expect("cachier_stored_bytes");
     assert_eq!(bytes.kind, "gauge");
     assert!(value(bytes, "cachier_stored_bytes", &ns) > 0.0);
 }

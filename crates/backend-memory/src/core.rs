@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use cachier_core::{
     Bytes, Capabilities, Claim, ClaimToken, Core, Entry, FuncId, Key, Namespace, Result, Timestamp,
-    Usage,
-    async_trait,
+    Usage, async_trait,
 };
 use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};

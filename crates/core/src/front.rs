@@ -730,7 +730,11 @@ impl Function {
                             tracing::warn!(key = %key, error = %err, "claim release failed; it ends with its lease");
                         }
                         self.counters.count(Event::Hit);
-                        out.set(if waited { Outcome::Waited } else { Outcome::Hit });
+                        out.set(if waited {
+                            Outcome::Waited
+                        } else {
+                            Outcome::Hit
+                        });
                         return Ok(Ok(value));
                     }
                     self.counters.count(Event::Miss);

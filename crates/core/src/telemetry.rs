@@ -154,8 +154,16 @@ pub fn describe_metrics() {
     #[cfg(feature = "metrics")]
     {
         use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-        describe_counter!(CACHE_HITS, Unit::Count, "Calls answered with a fresh stored value");
-        describe_counter!(CACHE_MISSES, Unit::Count, "Calls that found no usable value");
+        describe_counter!(
+            CACHE_HITS,
+            Unit::Count,
+            "Calls answered with a fresh stored value"
+        );
+        describe_counter!(
+            CACHE_MISSES,
+            Unit::Count,
+            "Calls that found no usable value"
+        );
         describe_counter!(
             STALE_HITS,
             Unit::Count,
@@ -301,7 +309,10 @@ impl FunctionMetrics {
 pub(crate) fn usage_gauges(namespace: &str, backend: &'static str, usage: crate::Usage) {
     #[cfg(feature = "metrics")]
     {
-        let labels = [("namespace", namespace.to_owned()), ("backend", backend.to_owned())];
+        let labels = [
+            ("namespace", namespace.to_owned()),
+            ("backend", backend.to_owned()),
+        ];
         if let Some(entries) = usage.entries {
             metrics::gauge!(ENTRIES, &labels).set(entries as f64);
         }

@@ -195,12 +195,22 @@ pub async fn usage_counts_one_namespace(h: &Harness) -> Outcome {
     let s = h.scope().await;
     let other = h.scope().await;
     let now = Timestamp::now();
-    let empty = s.core.usage(&s.namespace).await.expect("usage of an empty namespace");
+    let empty = s
+        .core
+        .usage(&s.namespace)
+        .await
+        .expect("usage of an empty namespace");
     if empty == crate::Usage::default() {
         return Outcome::Passed;
     }
-    assert!(empty.entries.is_none_or(|n| n == 0), "empty namespace: {empty:?}");
-    assert!(empty.bytes.is_none_or(|n| n == 0), "empty namespace: {empty:?}");
+    assert!(
+        empty.entries.is_none_or(|n| n == 0),
+        "empty namespace: {empty:?}"
+    );
+    assert!(
+        empty.bytes.is_none_or(|n| n == 0),
+        "empty namespace: {empty:?}"
+    );
     let values: [(&str, u8, &[u8]); 4] = [
         ("f", 1, b"one"),
         ("f", 2, b"second value"),
