@@ -15,11 +15,14 @@ use cachier_redis::{Config, RedisCore};
 use metrics_util::MetricKind;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 
-/// Counters and histogram sample counts by name and sorted labels.
+/// A metric's name and its labels, sorted.
+type Series = (String, Vec<(String, String)>);
+
+/// Counters and histogram samples by name and sorted labels.
 #[derive(Debug, Default)]
 struct Seen {
-    counters: BTreeMap<(String, Vec<(String, String)>), u64>,
-    samples: BTreeMap<(String, Vec<(String, String)>), Vec<f64>>,
+    counters: BTreeMap<Series, u64>,
+    samples: BTreeMap<Series, Vec<f64>>,
 }
 
 impl Seen {
