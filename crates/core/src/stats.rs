@@ -7,6 +7,9 @@ use crate::error::ErrorKind;
 use crate::telemetry::{Event, FunctionMetrics, Outcome};
 
 /// Counters of one cached function, as returned by [`Function::stats`](crate::Function::stats).
+///
+/// The same events are counted, at the same places, through the `metrics` facade (see
+/// [`telemetry`](crate::telemetry)): this snapshot needs no recorder, the metrics need no code.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Calls answered from the cache with a fresh value (including values another caller
