@@ -235,6 +235,11 @@ impl Core for MemoryCore {
         }
     }
 
+    fn shares_stored_bytes(&self) -> bool {
+        // Reads hand out the stored `Bytes` (a reference count, no copy).
+        true
+    }
+
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         // The claim is read first and its lock held while the value is read: a `set` stores
         // its value before it ends the claim, so no read sees neither.

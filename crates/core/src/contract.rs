@@ -177,6 +177,16 @@ pub trait Core: Send + Sync + 'static {
     /// What this backend can do.
     fn capabilities(&self) -> Capabilities;
 
+    /// Whether a read hands out the stored bytes themselves (the same allocation on every read
+    /// until the entry changes), as an in-process store does. The front end then keeps the
+    /// values it decoded from them (its near cache) and serves a hit as a clone without
+    /// decoding again; the near copy is used only while a read returns the very same bytes,
+    /// so this is safe for any backend and only a waste of memory where reads copy. Default:
+    /// `false`.
+    fn shares_stored_bytes(&self) -> bool {
+        false
+    }
+
     /// Reads the entry under `key`: value, `stored_at` and any live claim. `None` when there is
     /// neither a value nor a live claim.
     async fn get(&self, key: &Key) -> Result<Option<Entry>>;

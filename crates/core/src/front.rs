@@ -31,6 +31,7 @@ use crate::contract::{Claim, ClaimToken, Core, Entry, Timestamp, Usage};
 use crate::error::{Error, Result};
 use crate::health::{Health, ProbeBackoff};
 use crate::key::{FuncId, Key, Namespace};
+use crate::near::{Near, NearCache};
 use crate::none::is_none;
 use crate::settings::{CallOptions, Settings, caching_enabled};
 use crate::stats::{Counters, Stats};
@@ -68,6 +69,8 @@ struct Inner {
     enabled: std::sync::atomic::AtomicBool,
     functions: Mutex<HashMap<FuncId, Arc<Counters>>>,
     health: Arc<Health>,
+    /// Decoded values, for a backend that [shares its stored bytes](Core::shares_stored_bytes).
+    near: Option<Near>,
 }
 
 /// Builds a [`Cachier`]; see [`Settings`] for what each setting means and its default.
@@ -76,6 +79,7 @@ pub struct CachierBuilder {
     namespace: Namespace,
     settings: Settings,
     probe_backoff: ProbeBackoff,
+    near_cache: NearCache,
 }
 
 impl CachierBuilder {
@@ -165,18 +169,36 @@ impl CachierBuilder {
         self
     }
 
+    /// Bounds the near cache: decoded values kept in process next to the stored bytes they came
+    /// from, so a hit is a lookup and a clone rather than a decode. It is used only with a
+    /// backend whose reads [share the stored bytes](Core::shares_stored_bytes) (the memory
+    /// backend), where it is always coherent: a copy is served only while the backend still
+    /// returns the very bytes it was decoded from, with their own `stored_at`, so freshness,
+    /// `max_age`, `overwrite_cache`, `remove`, `clear` and the global switch act exactly as
+    /// without it. Default [`NearCache::new`] (10,000 values, 64 MiB);
+    /// [`NearCache::disabled`] turns it off.
+    pub fn near_cache(mut self, near: NearCache) -> Self {
+        self.near_cache = near;
+        self
+    }
+
     /// Finishes the cache (and describes cachier's metrics to the `metrics` recorder installed
     /// now, if any: see [`telemetry::describe_metrics`]).
     pub fn build(self) -> Cachier {
         telemetry::describe_metrics();
         Cachier {
             inner: Arc::new(Inner {
-                core: self.core,
                 namespace: self.namespace,
                 settings: self.settings,
                 enabled: std::sync::atomic::AtomicBool::new(true),
                 functions: Mutex::new(HashMap::new()),
                 health: Arc::new(Health::new(self.probe_backoff)),
+                near: if self.core.shares_stored_bytes() {
+                    Near::new(self.near_cache)
+                } else {
+                    None
+                },
+                core: self.core,
             }),
         }
     }
@@ -190,6 +212,7 @@ impl Cachier {
             namespace: Namespace::default(),
             settings: Settings::default(),
             probe_backoff: ProbeBackoff::default(),
+            near_cache: NearCache::new(),
         }
     }
 
@@ -339,7 +362,7 @@ impl Function {
     pub async fn call<A, T, F, Fut>(&self, args: &A, compute: F) -> Result<T>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
@@ -355,7 +378,7 @@ impl Function {
     ) -> Result<T>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
@@ -375,7 +398,7 @@ impl Function {
     pub async fn try_call<A, T, E, F, Fut>(&self, args: &A, compute: F) -> std::result::Result<T, E>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         E: From<Error> + Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
@@ -393,7 +416,7 @@ impl Function {
     ) -> std::result::Result<T, E>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         E: From<Error> + Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
@@ -414,7 +437,7 @@ impl Function {
     pub fn call_blocking<A, T, F>(&self, args: &A, compute: F) -> Result<T>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
         self.call_blocking_with(CallOptions::default(), args, compute)
@@ -424,7 +447,7 @@ impl Function {
     pub fn call_blocking_with<A, T, F>(&self, opts: CallOptions, args: &A, compute: F) -> Result<T>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
         use tokio::runtime::{Handle, RuntimeFlavor};
@@ -556,7 +579,7 @@ impl Function {
     ) -> Result<Computed<T, E>>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         E: Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Computed<T, E>> + Send + 'static,
@@ -576,7 +599,7 @@ impl Function {
         refresh: Option<Refresh<F>>,
     ) -> Result<Computed<T, E>>
     where
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Computed<T, E>>,
     {
@@ -618,7 +641,7 @@ impl Function {
         out: &CallOutcome,
     ) -> Result<Computed<T, E>>
     where
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Computed<T, E>>,
     {
@@ -701,7 +724,7 @@ impl Function {
         out: &CallOutcome,
     ) -> Result<Computed<T, E>>
     where
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Computed<T, E>>,
     {
@@ -850,7 +873,7 @@ impl Function {
     /// Step 3's refresh: claim and recompute in a background task, unless someone else is.
     fn refresh_in_background<T, E, F, Fut>(&self, key: Key, compute: F)
     where
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         E: Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Computed<T, E>> + Send + 'static,
@@ -933,7 +956,7 @@ impl Function {
     }
 
     /// Decodes an entry and judges it against the call's freshness limits.
-    fn judge<T: Serialize + DeserializeOwned + 'static>(
+    fn judge<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         key: &Key,
         entry: Option<&Entry>,
@@ -944,7 +967,7 @@ impl Function {
 
     /// [`Function::judge`]; `report_corrupt` false for a second look at an entry already
     /// reported.
-    fn judge_reporting<T: Serialize + DeserializeOwned + 'static>(
+    fn judge_reporting<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         key: &Key,
         entry: Option<&Entry>,
@@ -956,15 +979,24 @@ impl Function {
         else {
             return Usable::Missing;
         };
-        let value: T = match codec::open_default::<T>(bytes, self.settings.decode_limit) {
-            Ok(value) => value,
-            Err(err) => {
-                if report_corrupt {
-                    self.counters.count(Event::CorruptEntry);
-                    tracing::warn!(key = %key, error = %err, "stored value does not decode; treating it as a miss");
+        let near = self.cache.inner.near.as_ref();
+        let value: T = match near.and_then(|near| near.get::<T>(key, bytes)) {
+            Some(value) => value,
+            None => match codec::open_default::<T>(bytes, self.settings.decode_limit) {
+                Ok(value) => {
+                    if let Some(near) = near {
+                        near.put(key, bytes, value.clone());
+                    }
+                    value
                 }
-                return Usable::Missing;
-            }
+                Err(err) => {
+                    if report_corrupt {
+                        self.counters.count(Event::CorruptEntry);
+                        tracing::warn!(key = %key, error = %err, "stored value does not decode; treating it as a miss");
+                    }
+                    return Usable::Missing;
+                }
+            },
         };
         if !self.settings.allow_none && is_none(&value) {
             return Usable::Missing;

@@ -82,6 +82,7 @@ mod error;
 mod front;
 mod health;
 mod key;
+mod near;
 mod none;
 mod plain;
 mod settings;
@@ -104,6 +105,7 @@ pub use health::{LOG_INTERVAL, ProbeBackoff};
 pub use key::{
     ArgHash, FuncId, KEY_FORMAT_VERSION, Key, MAX_FUNC_ID_LEN, MAX_NAMESPACE_LEN, Namespace,
 };
+pub use near::NearCache;
 pub use settings::{CallOptions, Settings, caching_enabled, set_caching_enabled};
 pub use stats::Stats;
 
