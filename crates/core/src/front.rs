@@ -356,9 +356,11 @@ impl Function {
     /// any other sharing the backend — is computing the same key. Without `strict`, this never
     /// fails because of the backend: errors are logged and the function is computed.
     ///
-    /// Large binary results decode much faster as bytes than as a sequence of numbers: return
-    /// `serde_bytes::ByteBuf` (or a struct field with `#[serde(with = "serde_bytes")]`) rather
-    /// than a bare `Vec<u8>` — about 20 times faster for 64 KiB and up (see `cargo xtask bench`).
+    /// The result type is `Clone`: a hit on a backend that keeps its values in process (the
+    /// memory backend) is served as a clone of the value decoded on an earlier hit (the near
+    /// cache, see [`CachierBuilder::near_cache`]). Byte buffers, strings and sequences of
+    /// numbers (`Vec<u8>`, `String`, `Vec<f64>`...) are stored as they are and decode at the
+    /// speed of a copy.
     pub async fn call<A, T, F, Fut>(&self, args: &A, compute: F) -> Result<T>
     where
         A: Serialize + ?Sized,
