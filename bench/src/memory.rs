@@ -196,6 +196,7 @@ async fn hit_case<T: Payload>(
     );
     if size == 100 && T::NAME == "Vec<u8>" {
         breakdown(ctx, &cache, &f, &map, report).await?;
+        with_recorder(ctx, &f, report).await?;
     }
     Ok(())
 }
@@ -246,6 +247,60 @@ async fn breakdown(
         goal: None,
         note: "settings, freshness, counters, futures, clones".into(),
     });
+    Ok(())
+}
+
+/// A 100 B hit with a `metrics` recorder installed (Prometheus', with cachier's duration
+/// buckets, as `examples/prometheus.rs` installs it), against the same hit with none and a
+/// `moka` hit. The recorder is installed for this thread only, and only inside its variant, so
+/// every other row runs with no recorder, as main's did.
+async fn with_recorder(
+    ctx: &Ctx,
+    f: &cachier_core::Function,
+    report: &mut Report,
+) -> BenchResult<()> {
+    let moka = moka_with(std::iter::once((0u64, value_of(100))));
+    use cachier_core::telemetry::{CALL_DURATION, CALL_DURATION_BUCKETS};
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(CALL_DURATION.to_owned()),
+            CALL_DURATION_BUCKETS,
+        )
+        .map_err(|e| format!("buckets: {e}"))?
+        .build_recorder();
+    let handle = recorder.handle();
+    let before = f.stats();
+    let series = compare!(ctx.plan, {
+        "cachier call, Prometheus recorder" => {
+            let _recorder = metrics::set_default_local_recorder(&recorder);
+            f.call(&0u64, || async { Vec::<u8>::new() }).await
+        },
+        "cachier call, no recorder" => f.call(&0u64, || async { Vec::<u8>::new() }).await,
+        "moka get" => moka.get(&0u64),
+    });
+    let hits = f.stats().hits - before.hits;
+    check_hits_only("memory hit with a recorder", &before, &f.stats())?;
+    // The recorder saw the hits of its own variant: some, and fewer than all.
+    let scraped = handle.render();
+    let counted = scraped
+        .lines()
+        .find(|l| l.starts_with("cachier_cache_hits_total{"))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .ok_or("the recorder counted no hit")?;
+    if counted == 0 || counted >= hits {
+        return Err(format!(
+            "the recorder counted {counted} of {hits} hits; expected those of its variant"
+        ));
+    }
+    report.add_comparison(
+        TARGET,
+        "hit 100 B Vec<u8>: metrics recorder",
+        &series,
+        &[],
+        "ratio to 'no recorder' = the recorder's cost; installed for its variant only",
+    );
     Ok(())
 }
 

@@ -160,6 +160,15 @@ pub const TARGETS: &[Target] = &[
         services: &[],
     },
     Target {
+        name: "examples",
+        package: "cachier-examples",
+        dir: "examples",
+        features: &[],
+        filter: None,
+        cargo_test_args: &[],
+        services: &[],
+    },
+    Target {
         name: "xtask",
         package: "xtask",
         dir: "xtask",
@@ -186,6 +195,7 @@ const GROUPS: &[(&str, &[&str])] = &[
             "redis",
             "mongo",
             "plugin",
+            "examples",
             "xtask",
         ],
     ),

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use cachier_core::{
     Capabilities, Claim, ClaimToken, Core, Entry, Error, ErrorKind, FuncId, Key, Namespace, Result,
-    Timestamp,
+    Timestamp, Usage,
 };
 use diesel::result::{Error as DieselError, QueryResult};
 use diesel::sql_types::{BigInt, Binary, Nullable, Text};
@@ -440,6 +440,24 @@ impl Core for SqlCore {
         .await
     }
 
+    /// One `SELECT COUNT(*), SUM(LENGTH(value))` over the namespace's rows with a value (a
+    /// range of the primary key), under the maintenance timeout.
+    async fn usage(&self, namespace: &Namespace) -> Result<Usage> {
+        let ns = namespace.as_str().to_owned();
+        let row = self
+            .run_within(
+                Budget::Maintenance,
+                "usage",
+                format!("namespace {ns}"),
+                move |c, sql| c.usage(sql, &ns),
+            )
+            .await?;
+        Ok(Usage {
+            entries: u64::try_from(row.entries).ok(),
+            bytes: u64::try_from(row.bytes).ok(),
+        })
+    }
+
     async fn clear_namespace(&self, namespace: &Namespace) -> Result<u64> {
         let scope = Scope {
             namespace: namespace.as_str().to_owned(),
@@ -508,6 +526,8 @@ pub(crate) struct Statements {
     stale_keep_claim: String,
     stale_delete: String,
     stale_sweep: String,
+    /// The namespace's values and their bytes (`Core::usage`).
+    usage: String,
 }
 
 impl Statements {
@@ -554,6 +574,11 @@ impl Statements {
                      RETURNING claim_until, claim_token"
                 ),
             ),
+        };
+        // MySQL sums integers to DECIMAL; the other two keep BIGINT.
+        let bigint = match dialect {
+            Dialect::Mysql => "SIGNED",
+            Dialect::Sqlite | Dialect::Postgres => "BIGINT",
         };
         let p = |sql: String| placeholders(dialect, &sql);
         Statements {
@@ -608,6 +633,11 @@ impl Statements {
                 "DELETE FROM {t} WHERE {func} AND value IS NULL \
                  AND (claim_until IS NULL OR claim_until <= ?)"
             )),
+            usage: p(format!(
+                "SELECT CAST(COUNT(*) AS {bigint}) AS entries, \
+                 CAST(COALESCE(SUM(LENGTH(value)), 0) AS {bigint}) AS bytes \
+                 FROM {t} WHERE {ns} AND value IS NOT NULL"
+            )),
         }
     }
 }
@@ -644,6 +674,14 @@ pub(crate) struct EntryRow {
     stored_at: i64,
     #[diesel(sql_type = Nullable<BigInt>)]
     claim_until: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+pub(crate) struct UsageRow {
+    #[diesel(sql_type = BigInt)]
+    entries: i64,
+    #[diesel(sql_type = BigInt)]
+    bytes: i64,
 }
 
 #[derive(QueryableByName)]
@@ -694,6 +732,7 @@ pub(crate) trait Ops {
         before: i64,
         now: i64,
     ) -> QueryResult<u64>;
+    fn usage(&mut self, sql: &Statements, namespace: &str) -> QueryResult<UsageRow>;
     fn ping_server(&mut self) -> QueryResult<()>;
 }
 
@@ -818,6 +857,14 @@ macro_rules! impl_ops {
                     let values = bind_key!(sql_query(&sql.remove_value), k).execute(c)?;
                     bind_key!(sql_query(&sql.remove_rest), k).execute(c)?;
                     Ok(values > 0)
+                })
+            }
+
+            fn usage(&mut self, sql: &Statements, namespace: &str) -> QueryResult<UsageRow> {
+                maintenance(self, sql, |conn| {
+                    sql_query(&sql.usage)
+                        .bind::<Text, _>(namespace)
+                        .get_result(conn)
                 })
             }
 

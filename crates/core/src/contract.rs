@@ -138,6 +138,18 @@ pub struct Capabilities {
     pub max_value_bytes: Option<u64>,
 }
 
+/// What a backend stores in one namespace, as far as it can tell cheaply: the answer of
+/// [`Core::usage`]. `None` is "unknown" (the backend cannot tell without a costly scan, or does
+/// not say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// The values stored in the namespace (claims without a value not counted).
+    pub entries: Option<u64>,
+    /// The bytes of those values as the front end stored them (encoded, envelope included; keys
+    /// and the backend's own overhead not counted).
+    pub bytes: Option<u64>,
+}
+
 /// How long the default [`Core::wait`] sleeps at first between two reads.
 pub const WAIT_POLL_START: Duration = Duration::from_millis(5);
 /// The longest sleep of the default [`Core::wait`] between two reads.
@@ -164,6 +176,16 @@ pub trait Core: Send + Sync + 'static {
 
     /// What this backend can do.
     fn capabilities(&self) -> Capabilities;
+
+    /// Whether a read hands out the stored bytes themselves (the same allocation on every read
+    /// until the entry changes), as an in-process store does. The front end then keeps the
+    /// values it decoded from them (its near cache) and serves a hit as a clone without
+    /// decoding again; the near copy is used only while a read returns the very same bytes,
+    /// so this is safe for any backend and only a waste of memory where reads copy. Default:
+    /// `false`.
+    fn shares_stored_bytes(&self) -> bool {
+        false
+    }
 
     /// Reads the entry under `key`: value, `stored_at` and any live claim. `None` when there is
     /// neither a value nor a live claim.
@@ -248,6 +270,14 @@ pub trait Core: Send + Sync + 'static {
         func: &FuncId,
         stored_before: Timestamp,
     ) -> Result<u64>;
+
+    /// How many values `namespace` holds and their bytes, for the `cachier_entries` and
+    /// `cachier_stored_bytes` gauges ([`Cachier::usage`](crate::Cachier::usage)). Backends
+    /// answer what they can tell cheaply; the default is [`Usage::default`], "unknown".
+    async fn usage(&self, namespace: &Namespace) -> Result<Usage> {
+        let _ = namespace;
+        Ok(Usage::default())
+    }
 
     /// Removes everything stored in `namespace` (every function, values and claims), including
     /// any per-namespace structure (a directory, a collection). Returns how many values were

@@ -24,15 +24,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::codec::{self, DefaultCodec};
-use crate::contract::{Claim, ClaimToken, Core, Entry, Timestamp};
+use crate::contract::{Claim, ClaimToken, Core, Entry, Timestamp, Usage};
 use crate::error::{Error, Result};
 use crate::health::{Health, ProbeBackoff};
 use crate::key::{FuncId, Key, Namespace};
+use crate::near::{Near, NearCache};
 use crate::none::is_none;
 use crate::settings::{CallOptions, Settings, caching_enabled};
 use crate::stats::{Counters, Stats};
+use crate::telemetry::{self, CallOutcome, Event, FunctionMetrics, Outcome};
 
 pub(crate) mod attribute;
 
@@ -66,6 +69,8 @@ struct Inner {
     enabled: std::sync::atomic::AtomicBool,
     functions: Mutex<HashMap<FuncId, Arc<Counters>>>,
     health: Arc<Health>,
+    /// Decoded values, for a backend that [shares its stored bytes](Core::shares_stored_bytes).
+    near: Option<Near>,
 }
 
 /// Builds a [`Cachier`]; see [`Settings`] for what each setting means and its default.
@@ -74,6 +79,7 @@ pub struct CachierBuilder {
     namespace: Namespace,
     settings: Settings,
     probe_backoff: ProbeBackoff,
+    near_cache: NearCache,
 }
 
 impl CachierBuilder {
@@ -163,16 +169,36 @@ impl CachierBuilder {
         self
     }
 
-    /// Finishes the cache.
+    /// Bounds the near cache: decoded values kept in process next to the stored bytes they came
+    /// from, so a hit is a lookup and a clone rather than a decode. It is used only with a
+    /// backend whose reads [share the stored bytes](Core::shares_stored_bytes) (the memory
+    /// backend), where it is always coherent: a copy is served only while the backend still
+    /// returns the very bytes it was decoded from, with their own `stored_at`, so freshness,
+    /// `max_age`, `overwrite_cache`, `remove`, `clear` and the global switch act exactly as
+    /// without it. Default [`NearCache::new`] (10,000 values, 64 MiB);
+    /// [`NearCache::disabled`] turns it off.
+    pub fn near_cache(mut self, near: NearCache) -> Self {
+        self.near_cache = near;
+        self
+    }
+
+    /// Finishes the cache (and describes cachier's metrics to the `metrics` recorder installed
+    /// now, if any: see [`telemetry::describe_metrics`]).
     pub fn build(self) -> Cachier {
+        telemetry::describe_metrics();
         Cachier {
             inner: Arc::new(Inner {
-                core: self.core,
                 namespace: self.namespace,
                 settings: self.settings,
                 enabled: std::sync::atomic::AtomicBool::new(true),
                 functions: Mutex::new(HashMap::new()),
                 health: Arc::new(Health::new(self.probe_backoff)),
+                near: if self.core.shares_stored_bytes() {
+                    Near::new(self.near_cache)
+                } else {
+                    None
+                },
+                core: self.core,
             }),
         }
     }
@@ -186,6 +212,7 @@ impl Cachier {
             namespace: Namespace::default(),
             settings: Settings::default(),
             probe_backoff: ProbeBackoff::default(),
+            near_cache: NearCache::new(),
         }
     }
 
@@ -202,7 +229,17 @@ impl Cachier {
                 .functions
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            map.entry(id.clone()).or_default().clone()
+            let inner = &self.inner;
+            map.entry(id.clone())
+                .or_insert_with(|| {
+                    let metrics = FunctionMetrics::new(
+                        id.as_str(),
+                        inner.namespace.as_str(),
+                        inner.core.name(),
+                    );
+                    Arc::new(Counters::new(metrics))
+                })
+                .clone()
         };
         Function {
             cache: self.clone(),
@@ -236,6 +273,23 @@ impl Cachier {
     /// Whether this cache is on, and caching is on process-wide.
     pub fn is_enabled(&self) -> bool {
         caching_enabled() && self.inner.enabled.load(Ordering::Relaxed)
+    }
+
+    /// What the backend stores in this cache's namespace (every function), as far as it can tell
+    /// cheaply ([`Core::usage`]; `None` fields are unknown). With the `metrics` feature, the
+    /// known figures are also set as the gauges `cachier_entries` and `cachier_stored_bytes`
+    /// (labels `namespace`, `backend`): call it from a timer, or before a scrape, to export them.
+    /// Fails at once while the backend is unavailable.
+    pub async fn usage(&self) -> Result<Usage> {
+        let inner = &self.inner;
+        if inner.health.is_open() {
+            return Err(inner.health.open_error(inner.core.as_ref(), "usage"));
+        }
+        let usage = inner.core.usage(&inner.namespace).await;
+        inner.health.observe(&inner.core, &inner.namespace, &usage);
+        let usage = usage?;
+        telemetry::usage_gauges(inner.namespace.as_str(), inner.core.name(), usage);
+        Ok(usage)
     }
 
     /// Whether the backend is considered unavailable: after a connection-level failure, calls
@@ -302,13 +356,15 @@ impl Function {
     /// any other sharing the backend — is computing the same key. Without `strict`, this never
     /// fails because of the backend: errors are logged and the function is computed.
     ///
-    /// Large binary results decode much faster as bytes than as a sequence of numbers: return
-    /// `serde_bytes::ByteBuf` (or a struct field with `#[serde(with = "serde_bytes")]`) rather
-    /// than a bare `Vec<u8>` — about 20 times faster for 64 KiB and up (see `cargo xtask bench`).
+    /// The result type is `Clone`: a hit on a backend that keeps its values in process (the
+    /// memory backend) is served as a clone of the value decoded on an earlier hit (the near
+    /// cache, see [`CachierBuilder::near_cache`]). Byte buffers, strings and sequences of
+    /// numbers (`Vec<u8>`, `String`, `Vec<f64>`...) are stored as they are and decode at the
+    /// speed of a copy.
     pub async fn call<A, T, F, Fut>(&self, args: &A, compute: F) -> Result<T>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
@@ -324,7 +380,7 @@ impl Function {
     ) -> Result<T>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = T> + Send + 'static,
     {
@@ -344,7 +400,7 @@ impl Function {
     pub async fn try_call<A, T, E, F, Fut>(&self, args: &A, compute: F) -> std::result::Result<T, E>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         E: From<Error> + Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
@@ -362,7 +418,7 @@ impl Function {
     ) -> std::result::Result<T, E>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         E: From<Error> + Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
@@ -383,7 +439,7 @@ impl Function {
     pub fn call_blocking<A, T, F>(&self, args: &A, compute: F) -> Result<T>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
         self.call_blocking_with(CallOptions::default(), args, compute)
@@ -393,7 +449,7 @@ impl Function {
     pub fn call_blocking_with<A, T, F>(&self, opts: CallOptions, args: &A, compute: F) -> Result<T>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
         use tokio::runtime::{Handle, RuntimeFlavor};
@@ -406,7 +462,7 @@ impl Function {
                 "call_blocking inside a current-thread tokio runtime bypasses the cache; \
                  use `call` there"
             );
-            Counters::bump(&self.counters.bypassed);
+            self.counters.count(Event::Bypassed);
             return Ok(compute());
         }
         let call = self.call_with(opts, args, move || async move { compute() });
@@ -525,7 +581,7 @@ impl Function {
     ) -> Result<Computed<T, E>>
     where
         A: Serialize + ?Sized,
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         E: Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Computed<T, E>> + Send + 'static,
@@ -545,13 +601,36 @@ impl Function {
         refresh: Option<Refresh<F>>,
     ) -> Result<Computed<T, E>>
     where
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Computed<T, E>>,
     {
         let started = Instant::now();
-        let out = self.run_uninstrumented(opts, key, compute, refresh).await;
-        self.counters.record_latency(started.elapsed());
+        let outcome = CallOutcome::new();
+        let inner = &self.cache.inner;
+        let span = tracing::debug_span!(
+            "cachier.call",
+            function = %self.id,
+            namespace = %inner.namespace,
+            backend = inner.core.name(),
+            outcome = tracing::field::Empty,
+        );
+        // With no subscriber listening the span is disabled: await the call as it is, since
+        // wrapping its (large) future in `Instrumented` costs a copy of it on every call.
+        let out = if span.is_disabled() {
+            self.run_uninstrumented(opts, key, compute, refresh, &outcome)
+                .await
+        } else {
+            self.run_uninstrumented(opts, key, compute, refresh, &outcome)
+                .instrument(span.clone())
+                .await
+        };
+        if out.is_err() {
+            outcome.set(Outcome::Error);
+        }
+        let outcome = outcome.get();
+        span.record("outcome", outcome.as_str());
+        self.counters.record_latency(started.elapsed(), outcome);
         out
     }
 
@@ -561,15 +640,15 @@ impl Function {
         key: Result<Key>,
         compute: F,
         refresh: Option<Refresh<F>>,
+        out: &CallOutcome,
     ) -> Result<Computed<T, E>>
     where
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Computed<T, E>>,
     {
         if opts.skip_cache || !self.cache.is_enabled() {
-            Counters::bump(&self.counters.bypassed);
-            Counters::bump(&self.counters.computations);
+            self.bypass(out);
             return Ok(compute().await);
         }
         let key = match key {
@@ -577,8 +656,7 @@ impl Function {
             Err(err) if self.settings.strict => return Err(err),
             Err(err) => {
                 tracing::warn!(func = %self.id, error = %err, "arguments not hashable; computing without the cache");
-                Counters::bump(&self.counters.bypassed);
-                Counters::bump(&self.counters.computations);
+                self.bypass(out);
                 return Ok(compute().await);
             }
         };
@@ -589,8 +667,7 @@ impl Function {
                 return Err(inner.health.open_error(inner.core.as_ref(), "call"));
             }
             inner.health.skipped(&inner.core, &inner.namespace);
-            Counters::bump(&self.counters.bypassed);
-            Counters::bump(&self.counters.computations);
+            self.bypass(out);
             return Ok(compute().await);
         }
         self.maybe_clean_up();
@@ -614,16 +691,18 @@ impl Function {
             });
             match read {
                 Err(err) => {
-                    self.backend_error("get", &key, err)?;
-                    return self.compute_unclaimed(&key, compute, false).await;
+                    self.backend_error("get", &key, err, out)?;
+                    return self.compute_unclaimed(&key, compute, false, out).await;
                 }
                 Ok(entry) => match self.judge(&key, entry.as_ref(), freshness) {
                     Usable::Fresh(value) => {
-                        Counters::bump(&self.counters.hits);
+                        self.counters.count(Event::Hit);
+                        out.set(Outcome::Hit);
                         return Ok(Ok(value));
                     }
                     Usable::Stale(value) if self.settings.next_time && refresh.is_some() => {
-                        Counters::bump(&self.counters.stale_hits);
+                        self.counters.count(Event::StaleHit);
+                        out.set(Outcome::Stale);
                         if let Some(refresh) = refresh
                             && !entry.as_ref().is_some_and(Entry::is_claimed)
                         {
@@ -635,7 +714,7 @@ impl Function {
                 },
             }
         }
-        self.claim_and_compute(key, freshness, compute).await
+        self.claim_and_compute(key, freshness, compute, out).await
     }
 
     /// Steps 4 and 5: claim the key and compute, or wait for whoever holds it.
@@ -644,9 +723,10 @@ impl Function {
         key: Key,
         freshness: Freshness,
         compute: F,
+        out: &CallOutcome,
     ) -> Result<Computed<T, E>>
     where
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Computed<T, E>>,
     {
@@ -661,8 +741,8 @@ impl Function {
         loop {
             let until = match self.seen(core.claim(&key, lease).await) {
                 Err(err) => {
-                    self.backend_error("claim", &key, err)?;
-                    return self.compute_unclaimed(&key, compute, false).await;
+                    self.backend_error("claim", &key, err, out)?;
+                    return self.compute_unclaimed(&key, compute, false, out).await;
                 }
                 Ok(Claim::Acquired(token)) => {
                     // Between our read and this claim, another caller may have stored its
@@ -674,17 +754,23 @@ impl Function {
                         if let Err(err) = core.release(&key, &token).await {
                             tracing::warn!(key = %key, error = %err, "claim release failed; it ends with its lease");
                         }
-                        Counters::bump(&self.counters.hits);
+                        self.counters.count(Event::Hit);
+                        out.set(if waited {
+                            Outcome::Waited
+                        } else {
+                            Outcome::Hit
+                        });
                         return Ok(Ok(value));
                     }
-                    Counters::bump(&self.counters.misses);
-                    return self.compute_claimed(key, token, compute).await;
+                    self.counters.count(Event::Miss);
+                    out.set(Outcome::Miss);
+                    return self.compute_claimed(key, token, compute, out).await;
                 }
                 Ok(Claim::Held { until }) => until,
             };
             if !waited {
                 waited = true;
-                Counters::bump(&self.counters.waits);
+                self.counters.count(Event::Wait);
             }
             // Wait until the holder's lease would end (a little past it, to let a renewal
             // land), then look again: a live holder keeps renewing, a dead one does not.
@@ -693,21 +779,22 @@ impl Function {
             if let Some(deadline) = deadline {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if left.is_zero() {
-                    Counters::bump(&self.counters.wait_timeouts);
+                    self.counters.count(Event::WaitTimeout);
                     tracing::debug!(key = %key, "waited wait_for_calc_timeout for another caller; computing");
-                    return self.compute_unclaimed(&key, compute, true).await;
+                    return self.compute_unclaimed(&key, compute, true, out).await;
                 }
                 chunk = chunk.min(left);
             }
             let waited_from = tokio::time::Instant::now();
             match self.seen(core.wait(&key, chunk).await) {
                 Err(err) => {
-                    self.backend_error("wait", &key, err)?;
-                    return self.compute_unclaimed(&key, compute, false).await;
+                    self.backend_error("wait", &key, err, out)?;
+                    return self.compute_unclaimed(&key, compute, false, out).await;
                 }
                 Ok(entry) => {
                     if let Usable::Fresh(value) = self.judge(&key, entry.as_ref(), freshness) {
-                        Counters::bump(&self.counters.hits);
+                        self.counters.count(Event::Hit);
+                        out.set(Outcome::Waited);
                         return Ok(Ok(value));
                     }
                 }
@@ -729,6 +816,7 @@ impl Function {
         key: Key,
         token: ClaimToken,
         compute: F,
+        out: &CallOutcome,
     ) -> Result<Computed<T, E>>
     where
         T: Serialize + Send + Sync + 'static,
@@ -741,11 +829,11 @@ impl Function {
             token,
             self.settings.lease,
         );
-        Counters::bump(&self.counters.computations);
+        self.counters.count(Event::Computation);
         let result = compute().await;
         match result {
             Ok(value) => {
-                let stored = self.store(&guard.key, &value).await;
+                let stored = self.store(&guard.key, &value, out).await;
                 if matches!(stored, Ok(true)) {
                     guard.disarm();
                 } else {
@@ -767,17 +855,19 @@ impl Function {
         key: &Key,
         compute: F,
         store: bool,
+        out: &CallOutcome,
     ) -> Result<Computed<T, E>>
     where
         T: Serialize + Sync + 'static,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Computed<T, E>>,
     {
-        Counters::bump(&self.counters.misses);
-        Counters::bump(&self.counters.computations);
+        self.counters.count(Event::Miss);
+        self.counters.count(Event::Computation);
+        out.set(Outcome::Miss);
         let result = compute().await;
         if store && let Ok(value) = &result {
-            self.store(key, value).await?;
+            self.store(key, value, out).await?;
         }
         Ok(result)
     }
@@ -785,23 +875,25 @@ impl Function {
     /// Step 3's refresh: claim and recompute in a background task, unless someone else is.
     fn refresh_in_background<T, E, F, Fut>(&self, key: Key, compute: F)
     where
-        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
         E: Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Computed<T, E>> + Send + 'static,
     {
         let this = self.clone();
         tokio::spawn(async move {
+            // The refresh is no call of its own: its outcome goes nowhere.
+            let out = CallOutcome::new();
             let claimed = this.cache.inner.core.claim(&key, this.settings.lease).await;
             match this.seen(claimed) {
                 Ok(Claim::Acquired(token)) => {
-                    if let Err(err) = this.compute_claimed(key, token, compute).await {
+                    if let Err(err) = this.compute_claimed(key, token, compute, &out).await {
                         tracing::warn!(func = %this.id, error = %err, "background refresh failed");
                     }
                 }
                 Ok(Claim::Held { .. }) => {}
                 Err(err) => {
-                    let _ = this.backend_error("claim", &key, err);
+                    let _ = this.backend_error("claim", &key, err, &out);
                 }
             }
         });
@@ -820,7 +912,12 @@ impl Function {
 
     /// Encodes and stores a computed value. `Ok(true)` if it was stored (which also ended any
     /// claim), `Ok(false)` if it was deliberately not stored or the backend failed (logged).
-    async fn store<T: Serialize + Sync + 'static>(&self, key: &Key, value: &T) -> Result<bool> {
+    async fn store<T: Serialize + Sync + 'static>(
+        &self,
+        key: &Key,
+        value: &T,
+        out: &CallOutcome,
+    ) -> Result<bool> {
         if !self.settings.allow_none && is_none(value) {
             return Ok(false);
         }
@@ -840,7 +937,7 @@ impl Function {
         if let Some(limit) = limit
             && bytes.len() > limit
         {
-            Counters::bump(&self.counters.size_limit_rejections);
+            self.counters.count(Event::SizeLimitRejection);
             let msg = format!(
                 "result of {} bytes not stored: the limit is {limit} bytes",
                 bytes.len()
@@ -856,12 +953,12 @@ impl Function {
             .await;
         match self.seen(stored) {
             Ok(()) => Ok(true),
-            Err(err) => self.backend_error("set", key, err).map(|()| false),
+            Err(err) => self.backend_error("set", key, err, out).map(|()| false),
         }
     }
 
     /// Decodes an entry and judges it against the call's freshness limits.
-    fn judge<T: Serialize + DeserializeOwned + 'static>(
+    fn judge<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         key: &Key,
         entry: Option<&Entry>,
@@ -872,7 +969,7 @@ impl Function {
 
     /// [`Function::judge`]; `report_corrupt` false for a second look at an entry already
     /// reported.
-    fn judge_reporting<T: Serialize + DeserializeOwned + 'static>(
+    fn judge_reporting<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         key: &Key,
         entry: Option<&Entry>,
@@ -884,15 +981,24 @@ impl Function {
         else {
             return Usable::Missing;
         };
-        let value: T = match codec::open_default::<T>(bytes, self.settings.decode_limit) {
-            Ok(value) => value,
-            Err(err) => {
-                if report_corrupt {
-                    Counters::bump(&self.counters.corrupt_entries);
-                    tracing::warn!(key = %key, error = %err, "stored value does not decode; treating it as a miss");
+        let near = self.cache.inner.near.as_ref();
+        let value: T = match near.and_then(|near| near.get::<T>(key, bytes)) {
+            Some(value) => value,
+            None => match codec::open_default::<T>(bytes, self.settings.decode_limit) {
+                Ok(value) => {
+                    if let Some(near) = near {
+                        near.put(key, bytes, value.clone());
+                    }
+                    value
                 }
-                return Usable::Missing;
-            }
+                Err(err) => {
+                    if report_corrupt {
+                        self.counters.count(Event::CorruptEntry);
+                        tracing::warn!(key = %key, error = %err, "stored value does not decode; treating it as a miss");
+                    }
+                    return Usable::Missing;
+                }
+            },
         };
         if !self.settings.allow_none && is_none(&value) {
             return Usable::Missing;
@@ -913,15 +1019,35 @@ impl Function {
         }
     }
 
+    /// Counts a call that skips the cache and computes.
+    fn bypass(&self, out: &CallOutcome) {
+        self.counters.count(Event::Bypassed);
+        self.counters.count(Event::Computation);
+        out.set(Outcome::Bypassed);
+    }
+
     /// Counts and logs a backend error; returns it with `strict`.
-    fn backend_error(&self, operation: &'static str, key: &Key, err: Error) -> Result<()> {
-        Counters::bump(&self.counters.backend_errors);
+    fn backend_error(
+        &self,
+        operation: &'static str,
+        key: &Key,
+        err: Error,
+        out: &CallOutcome,
+    ) -> Result<()> {
+        let kind = err.kind();
+        self.counters.backend_error(kind, operation);
+        out.set(Outcome::Error);
+        let backend = self.cache.inner.core.name();
+        let kind = telemetry::error_kind_label(kind);
         if self.settings.strict {
+            // The caller gets the error (and logs it as it sees fit).
+            tracing::debug!(backend, operation, kind, key = %key, error = %err, "cache backend failed");
             return Err(err);
         }
         tracing::warn!(
-            backend = self.cache.inner.core.name(),
+            backend,
             operation,
+            kind,
             key = %key,
             error = %err,
             "cache backend failed; computing without it"

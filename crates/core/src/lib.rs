@@ -18,6 +18,10 @@
 //! - [`Cachier`] and [`Function`] — the front end: settings ([`Settings`]), per-call options
 //!   ([`CallOptions`]), `call`, `call_blocking`, `try_call`, `precache`, `remove`, `clear`,
 //!   `clear_claims`, [`Stats`].
+//! - [`telemetry`] — observability: counters and a latency histogram through the `metrics`
+//!   facade (feature `metrics`, on by default; nothing is exported until the application
+//!   installs a recorder), one `tracing` span per call, and the namespace gauges of
+//!   [`Cachier::usage`] ([`Core::usage`], [`Usage`]).
 //! - `conformance` (feature `conformance`) — the checks every backend passes, and the
 //!   `conformance_suite!` macro that turns them into tests.
 //! - [`cachier`](macro@cachier) (feature `macros`, on by default) — the `#[cachier]` attribute,
@@ -78,10 +82,12 @@ mod error;
 mod front;
 mod health;
 mod key;
+mod near;
 mod none;
 mod plain;
 mod settings;
 mod stats;
+pub mod telemetry;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -91,7 +97,7 @@ pub use blocking::block_on;
 pub use bytes::Bytes;
 pub use codec::{Bincode, Codec, DefaultCodec};
 pub use contract::{
-    Capabilities, Claim, ClaimToken, Core, Entry, Timestamp, WAIT_POLL_MAX, WAIT_POLL_START,
+    Capabilities, Claim, ClaimToken, Core, Entry, Timestamp, Usage, WAIT_POLL_MAX, WAIT_POLL_START,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use front::{Cachier, CachierBuilder, Function};
@@ -99,6 +105,7 @@ pub use health::{LOG_INTERVAL, ProbeBackoff};
 pub use key::{
     ArgHash, FuncId, KEY_FORMAT_VERSION, Key, MAX_FUNC_ID_LEN, MAX_NAMESPACE_LEN, Namespace,
 };
+pub use near::NearCache;
 pub use settings::{CallOptions, Settings, caching_enabled, set_caching_enabled};
 pub use stats::Stats;
 

@@ -3,7 +3,13 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::error::ErrorKind;
+use crate::telemetry::{Event, FunctionMetrics, Outcome};
+
 /// Counters of one cached function, as returned by [`Function::stats`](crate::Function::stats).
+///
+/// The same events are counted, at the same places, through the `metrics` facade (see
+/// [`telemetry`](crate::telemetry)): this snapshot needs no recorder, the metrics need no code.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Calls answered from the cache with a fresh value (including values another caller
@@ -47,7 +53,8 @@ impl Stats {
     }
 }
 
-#[derive(Debug, Default)]
+/// The counters of one function of one cache, shared by its handles. Each event is counted
+/// here and, through [`FunctionMetrics`], in the `metrics` recorder at the same time.
 pub(crate) struct Counters {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
@@ -64,18 +71,63 @@ pub(crate) struct Counters {
     pub max_latency_us: AtomicU64,
     /// When the last background cleanup started, in ms since the epoch.
     pub last_cleanup_ms: AtomicU64,
+    metrics: FunctionMetrics,
 }
 
 impl Counters {
-    pub fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Relaxed);
+    pub fn new(metrics: FunctionMetrics) -> Self {
+        let zero = || AtomicU64::new(0);
+        Counters {
+            hits: zero(),
+            misses: zero(),
+            stale_hits: zero(),
+            computations: zero(),
+            waits: zero(),
+            wait_timeouts: zero(),
+            size_limit_rejections: zero(),
+            corrupt_entries: zero(),
+            backend_errors: zero(),
+            bypassed: zero(),
+            calls: zero(),
+            total_latency_us: zero(),
+            max_latency_us: zero(),
+            last_cleanup_ms: zero(),
+            metrics,
+        }
     }
 
-    pub fn record_latency(&self, d: Duration) {
+    /// Counts one event in its [`Stats`] field and its metric.
+    #[inline]
+    pub fn count(&self, event: Event) {
+        let counter = match event {
+            Event::Hit => &self.hits,
+            Event::Miss => &self.misses,
+            Event::StaleHit => &self.stale_hits,
+            Event::Computation => &self.computations,
+            Event::Wait => &self.waits,
+            Event::WaitTimeout => &self.wait_timeouts,
+            Event::SizeLimitRejection => &self.size_limit_rejections,
+            Event::CorruptEntry => &self.corrupt_entries,
+            Event::Bypassed => &self.bypassed,
+        };
+        counter.fetch_add(1, Relaxed);
+        self.metrics.count(event);
+    }
+
+    /// Counts one backend error, by kind and operation in the metric.
+    pub fn backend_error(&self, kind: ErrorKind, operation: &'static str) {
+        self.backend_errors.fetch_add(1, Relaxed);
+        self.metrics.backend_error(kind, operation);
+    }
+
+    /// Counts one finished call, its latency and its outcome.
+    #[inline]
+    pub fn record_latency(&self, d: Duration, outcome: Outcome) {
         let us = d.as_micros() as u64;
         self.calls.fetch_add(1, Relaxed);
         self.total_latency_us.fetch_add(us, Relaxed);
         self.max_latency_us.fetch_max(us, Relaxed);
+        self.metrics.duration(outcome, d.as_secs_f64());
     }
 
     pub fn snapshot(&self) -> Stats {

@@ -391,8 +391,8 @@ use proc_macro::TokenStream;
 ///
 /// Type parameters go into the id by name, so `f::<u32>` and `f::<u64>` never share entries;
 /// their companion takes them too (`f_cache::<u32>()`). Arguments of a generic type must be
-/// `Serialize` (say so in the bounds), results `Serialize + DeserializeOwned + Send + Sync +
-/// 'static`. Refused, with a compile error that says what to write: `impl Trait` arguments
+/// `Serialize` (say so in the bounds), results `Serialize + DeserializeOwned + Clone + Send +
+/// Sync + 'static`. Refused, with a compile error that says what to write: `impl Trait` arguments
 /// (their types have no name to put in the id) and const generic parameters.
 ///
 /// ## Misuse is a compile error

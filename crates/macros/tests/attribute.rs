@@ -535,7 +535,7 @@ macro_rules! suite {
                 }
             }
 
-            #[derive(Debug, PartialEq, Serialize, Deserialize)]
+            #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
             struct Point {
                 x: i64,
             }

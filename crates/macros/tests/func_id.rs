@@ -55,7 +55,7 @@ fn generic<T: Serialize + Sync>(x: &T) -> u8 {
     0
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Account {
     id: u64,
 }

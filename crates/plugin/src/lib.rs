@@ -7,7 +7,8 @@
 //! symbol returns a declaration (who the plugin is, which ABI version it speaks) and a table of
 //! `extern "C"` functions, one per [`Core`] method. The host checks the declaration before it
 //! calls anything, then wraps the table in [`PluginCore`], which implements [`Core`] like any
-//! backend crate.
+//! backend crate. [`Core::usage`] (the namespace gauges) is not in ABI 1.0: a plugin's usage
+//! reads as unknown, the trait's default.
 //!
 //! ```no_run
 //! use std::sync::Arc;

@@ -125,6 +125,29 @@ macro_rules! backend_checks {
                 TestNamespace::new($core().await, test)
             }
 
+            /// The SQL backend knows its usage (the conformance check accepts "unknown"):
+            /// values of the namespace only, with their bytes.
+            #[tokio::test(flavor = "multi_thread")]
+            async fn usage_is_known() {
+                let t = scope("usage").await;
+                let empty = t.core.usage(&t.namespace).await.unwrap();
+                assert_eq!((empty.entries, empty.bytes), (Some(0), Some(0)));
+                let now = Timestamp::now();
+                for (arg, len) in [(1u64, 10usize), (2, 300)] {
+                    t.core
+                        .set(&t.key("app::f", arg), Bytes::from(vec![b'x'; len]), now)
+                        .await
+                        .unwrap();
+                }
+                let claim = t
+                    .core
+                    .claim(&t.key("app::f", 3), Duration::from_secs(10))
+                    .await;
+                assert!(matches!(claim.unwrap(), Claim::Acquired(_)));
+                let usage = t.core.usage(&t.namespace).await.unwrap();
+                assert_eq!((usage.entries, usage.bytes), (Some(2), Some(310)));
+            }
+
             #[tokio::test(flavor = "multi_thread")]
             async fn miss_then_round_trip() {
                 let t = scope("round_trip").await;

@@ -28,7 +28,7 @@ use super::{Computed, Function, Refresh};
 use crate::error::Result;
 use crate::key::Key;
 use crate::settings::CallOptions;
-use crate::stats::Counters;
+use crate::telemetry::Event;
 
 /// An `async fn` under the attribute: `compute` may borrow from the caller.
 pub async fn call<T, E, F, Fut>(
@@ -37,7 +37,7 @@ pub async fn call<T, E, F, Fut>(
     compute: F,
 ) -> Result<Computed<T, E>>
 where
-    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Computed<T, E>>,
 {
@@ -53,7 +53,7 @@ pub async fn call_detached<T, E, F, Fut>(
     compute: F,
 ) -> Result<Computed<T, E>>
 where
-    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     E: Send + 'static,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Computed<T, E>> + Send + 'static,
@@ -66,7 +66,7 @@ where
 /// Makes the `'static` future now, while the caller's borrows are alive, and refreshes with it.
 fn refresh_detached<T, E, F, Fut>(f: &Function, key: Key, compute: F)
 where
-    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     E: Send + 'static,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Computed<T, E>> + Send + 'static,
@@ -78,7 +78,7 @@ where
 /// A plain `fn` under the attribute, with [`Function::call_blocking`]'s rules for runtimes.
 pub fn call_blocking<T, E, F>(f: &Function, key: Result<Key>, compute: F) -> Result<Computed<T, E>>
 where
-    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     F: FnOnce() -> Computed<T, E>,
 {
     let Some(blocking) = Blocking::here(f) else {
@@ -95,7 +95,7 @@ pub fn call_blocking_detached<T, E, F, G>(
     compute: F,
 ) -> Result<Computed<T, E>>
 where
-    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     E: Send + 'static,
     F: FnOnce() -> G,
     G: FnOnce() -> Computed<T, E> + Send + 'static,
@@ -133,7 +133,7 @@ impl Blocking {
                     "a cached plain fn called inside a current-thread tokio runtime bypasses \
                      the cache; make it an async fn there"
                 );
-                Counters::bump(&f.counters.bypassed);
+                f.counters.count(Event::Bypassed);
                 None
             }
         }

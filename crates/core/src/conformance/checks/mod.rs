@@ -3,8 +3,8 @@
 //!
 //! They are grouped by theme, one file each: the storage contract spoken to the
 //! [`Core`](crate::Core) directly (`storage`, `claims`, `removal`, `isolation`, `waiting`), the
-//! call algorithm through the [`Cachier`](crate::Cachier) front end (`calls`, `bad_data`,
-//! `concurrency`, and the front-end half of `waiting`), and the checks that start other OS
+//! call algorithm through the [`Cachier`](crate::Cachier) front end (`calls`, `coherence`,
+//! `bad_data`, `concurrency`, and the front-end half of `waiting`), and the checks that start other OS
 //! processes. Every check is re-exported here, so the suite names each
 //! as `checks::NAME`.
 
@@ -23,6 +23,7 @@ mod bad_data;
 mod calls;
 mod capabilities;
 mod claims;
+mod coherence;
 mod concurrency;
 mod freshness;
 mod isolation;
@@ -37,6 +38,7 @@ pub use bad_data::*;
 pub use calls::*;
 pub use capabilities::*;
 pub use claims::*;
+pub use coherence::*;
 pub use concurrency::*;
 pub use freshness::*;
 pub use isolation::*;
@@ -96,6 +98,7 @@ mod tests {
         ("calls.rs", include_str!("calls.rs")),
         ("capabilities.rs", include_str!("capabilities.rs")),
         ("claims.rs", include_str!("claims.rs")),
+        ("coherence.rs", include_str!("coherence.rs")),
         ("concurrency.rs", include_str!("concurrency.rs")),
         ("freshness.rs", include_str!("freshness.rs")),
         ("isolation.rs", include_str!("isolation.rs")),

@@ -187,3 +187,65 @@ pub async fn keys_of_one_function_hold_their_own_values(h: &Harness) -> Outcome 
     }
     Outcome::Passed
 }
+
+/// `usage` of a namespace, where a backend reports it, counts exactly that namespace's values
+/// (every function, claims without a value left out) and their bytes; an overwrite counts once,
+/// a removal no more. `None` (unknown, the default) passes.
+pub async fn usage_counts_one_namespace(h: &Harness) -> Outcome {
+    let s = h.scope().await;
+    let other = h.scope().await;
+    let now = Timestamp::now();
+    let empty = s
+        .core
+        .usage(&s.namespace)
+        .await
+        .expect("usage of an empty namespace");
+    if empty == crate::Usage::default() {
+        return Outcome::Passed;
+    }
+    assert!(
+        empty.entries.is_none_or(|n| n == 0),
+        "empty namespace: {empty:?}"
+    );
+    assert!(
+        empty.bytes.is_none_or(|n| n == 0),
+        "empty namespace: {empty:?}"
+    );
+    let values: [(&str, u8, &[u8]); 4] = [
+        ("f", 1, b"one"),
+        ("f", 2, b"second value"),
+        ("g", 1, &[0u8; 1000]),
+        ("g", 2, b"x"),
+    ];
+    for (func, arg, value) in values {
+        let key = s.key(func, &arg);
+        s.core
+            .set(&key, Bytes::copy_from_slice(value), now)
+            .await
+            .expect("set");
+    }
+    // Overwritten (counted once, at its new size), removed, and claimed without a value.
+    s.core
+        .set(&s.key("f", &1u8), Bytes::from_static(b"1"), now)
+        .await
+        .expect("overwrite");
+    s.core.remove(&s.key("g", &2u8)).await.expect("remove");
+    acquired(s.core.claim(&s.key("f", &9u8), LEASE).await.expect("claim"));
+    // Another namespace's values are not counted.
+    other
+        .core
+        .set(&other.key("f", &1u8), Bytes::from(vec![7u8; 5000]), now)
+        .await
+        .expect("set in another namespace");
+    let usage = s.core.usage(&s.namespace).await.expect("usage");
+    let bytes = (1 + b"second value".len() + 1000) as u64;
+    assert!(
+        usage.entries.is_none_or(|n| n == 3),
+        "entries: {usage:?}, expected 3 (claims without a value and other namespaces not counted)"
+    );
+    assert!(
+        usage.bytes.is_none_or(|n| n == bytes),
+        "bytes: {usage:?}, expected {bytes}"
+    );
+    Outcome::Passed
+}
