@@ -171,6 +171,11 @@ impl MotoServer {
         assert_eq!(status, 200, "creating bucket {}: {body}", self.bucket);
     }
 
+    /// Stops the server (it keeps nothing: its objects are gone).
+    pub fn stop(&self) {
+        self.kill();
+    }
+
     fn kill(&self) {
         if let Some(mut child) = self.child.lock().expect("lock").take() {
             let _ = child.kill();
