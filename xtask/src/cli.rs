@@ -20,7 +20,7 @@ commands:
   setup-s3                install the moto S3 server into target/xtask/s3-venv
   bench [TARGET...] [--quick]
                           benchmarks against the raw client operations (targets: memory file
-                          redis plugin; default all); tables in target/bench/results.{json,csv,md}
+                          redis s3 plugin; default all); tables in target/bench/results.{json,csv,md}
   help                    this text
 
 test options:
@@ -88,7 +88,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                             .into_iter()
                             .find(|k| k.name() == name)
                             .ok_or_else(|| {
-                                format!("unknown service {name:?}: redis, postgres, mysql, mongo or s3")
+                                format!(
+                                    "unknown service {name:?}: redis, postgres, mysql, mongo or s3"
+                                )
                             })?,
                     ),
                 }

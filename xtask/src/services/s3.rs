@@ -96,7 +96,10 @@ fn request(addr: SocketAddr, method: &str, path: &str) -> Result<(u16, String), 
         .and_then(|rest| rest.get(..3))
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| format!("{addr} did not answer HTTP"))?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -254,7 +257,9 @@ pub fn remove_namespaces(url: &str, names: &[String]) -> Result<(), String> {
                 &format!("/{bucket}?list-type=2&prefix={name}%2F&max-keys=1000"),
             )?;
             if status != 200 {
-                return Err(format!("listing {name} in bucket {bucket}: status {status}"));
+                return Err(format!(
+                    "listing {name} in bucket {bucket}: status {status}"
+                ));
             }
             let keys = tag_values(&body, "Key");
             if keys.is_empty() {
@@ -263,7 +268,9 @@ pub fn remove_namespaces(url: &str, names: &[String]) -> Result<(), String> {
             for key in keys {
                 let (status, _) = request(addr, "DELETE", &format!("/{bucket}/{}", escape(&key)))?;
                 if status != 204 && status != 200 {
-                    return Err(format!("deleting {key} in bucket {bucket}: status {status}"));
+                    return Err(format!(
+                        "deleting {key} in bucket {bucket}: status {status}"
+                    ));
                 }
             }
         }
@@ -338,7 +345,12 @@ mod tests {
         let service = wait_until_answering(service).unwrap();
         create_bucket(&service.url).unwrap();
         let (bucket, addr) = parse(&service.url).unwrap();
-        for key in ["t_21_a/f/x", "t_21_a/g%3Ah/y.claim", "t_22_b/f/z", "app/f/x"] {
+        for key in [
+            "t_21_a/f/x",
+            "t_21_a/g%3Ah/y.claim",
+            "t_22_b/f/z",
+            "app/f/x",
+        ] {
             let (status, body) = request(addr, "PUT", &format!("/{bucket}/{key}")).unwrap();
             assert_eq!(status, 200, "{body}");
         }
