@@ -59,7 +59,7 @@ fn main() -> ExitCode {
             true
         }),
         Command::SetupS3 => services::s3::setup().map(|server| {
-            println!("moto_server is installed: {}", server.display());
+            println!("the S3 server (moto) is installed: {}", server.display());
             true
         }),
     };

@@ -194,14 +194,14 @@ pub fn run(
             Err(e) => println!("== nx-27017 for the mongo fault tests: {e}"),
         }
     }
-    // The same for the S3 outage tests and their private moto_servers.
+    // The same for the S3 outage tests and their private S3 servers.
     if runnable
         .iter()
         .any(|(_, t)| t.services.contains(&ServiceKind::S3))
     {
         match services::s3::server_binary() {
             Ok(bin) => envs.push((services::s3::BIN_VAR.to_owned(), bin.display().to_string())),
-            Err(e) => println!("== moto_server for the s3 fault tests: {e}"),
+            Err(e) => println!("== the S3 server for the s3 fault tests: {e}"),
         }
     }
     runnable.retain(|(i, target)| {

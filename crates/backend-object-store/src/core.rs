@@ -1,6 +1,7 @@
 //! The [`Core`] implementation: entries and claims as objects, claims by conditional put.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -48,6 +49,17 @@ pub struct ObjectStoreCore {
     layout: Layout,
     conditional_update: bool,
     capabilities: Capabilities,
+    /// The claims this core holds, by claim path: what it last wrote and the version the store
+    /// gave it, so `renew` and `release` need one conditional PUT and no read.
+    held: Arc<Mutex<HashMap<Path, Held>>>,
+}
+
+/// A claim this core wrote: its token, its expiry and the object's version after the write.
+#[derive(Clone)]
+struct Held {
+    token: ClaimToken,
+    until: Timestamp,
+    version: UpdateVersion,
 }
 
 impl std::fmt::Debug for ObjectStoreCore {
@@ -89,6 +101,7 @@ impl ObjectStoreCore {
             store: opened.store,
             layout: Layout::new(&config.prefix),
             conditional_update: opened.conditional_update,
+            held: Arc::default(),
             capabilities: Capabilities {
                 cross_process: opened.cross_process,
                 native_wakeup: false,
@@ -160,9 +173,14 @@ impl ObjectStoreCore {
             }))
     }
 
-    /// Writes the claim object of `key` with `mode`; `Ok(false)` when the condition failed
-    /// (the object exists for `Create`, changed or vanished for `Update`).
-    async fn put_claim(&self, key: &Key, body: Bytes, mode: PutMode) -> Result<bool, ObjectError> {
+    /// Writes the claim object of `key` with `mode`; the new version, or `None` when the
+    /// condition failed (the object exists for `Create`, changed or vanished for `Update`).
+    async fn put_claim(
+        &self,
+        key: &Key,
+        body: Bytes,
+        mode: PutMode,
+    ) -> Result<Option<UpdateVersion>, ObjectError> {
         let options = PutOptions {
             mode,
             ..PutOptions::default()
@@ -172,12 +190,12 @@ impl ObjectStoreCore {
             .put_opts(&self.layout.claim(key), PutPayload::from(body), options)
             .await
         {
-            Ok(_) => Ok(true),
+            Ok(result) => Ok(Some(UpdateVersion::from(result))),
             Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. }
                 | object_store::Error::NotFound { .. },
-            ) => Ok(false),
+            ) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -196,13 +214,44 @@ impl ObjectStoreCore {
         key: &Key,
         current: &ClaimObject,
         body: Bytes,
-    ) -> Result<bool, ObjectError> {
+    ) -> Result<Option<UpdateVersion>, ObjectError> {
         if self.conditional_update {
             self.put_claim(key, body, PutMode::Update(current.version.clone()))
                 .await
         } else {
             self.put_claim(key, body, PutMode::Overwrite).await
         }
+    }
+
+    /// Records a claim this core now holds (stores with conditional updates only).
+    fn remember(&self, key: &Key, token: &ClaimToken, until: Timestamp, version: UpdateVersion) {
+        if !self.conditional_update {
+            return;
+        }
+        let held = Held {
+            token: token.clone(),
+            until,
+            version,
+        };
+        self.held_claims().insert(self.layout.claim(key), held);
+    }
+
+    /// The claim this core holds on `key` with `token`, if it remembers one.
+    fn remembered(&self, key: &Key, token: &ClaimToken) -> Option<Held> {
+        self.held_claims()
+            .get(&self.layout.claim(key))
+            .filter(|held| held.token == *token)
+            .cloned()
+    }
+
+    /// Forgets the claims under `path` (a claim path, or a directory).
+    fn forget(&self, path: &Path) {
+        self.held_claims()
+            .retain(|claim, _| claim != path && !claim.prefix_matches(path));
+    }
+
+    fn held_claims(&self) -> std::sync::MutexGuard<'_, HashMap<Path, Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Lists the objects under `dir` and deletes those `select` picks, in batches; returns how
@@ -247,29 +296,34 @@ impl ObjectStoreCore {
     async fn claim_inner(&self, key: &Key, lease: Duration) -> Result<Claim, ObjectError> {
         let token = ClaimToken::generate();
         for _ in 0..MAX_ROUNDS {
-            let body = layout::claim_body(Timestamp::now().add(lease), &token);
+            let until = Timestamp::now().add(lease);
+            let body = layout::claim_body(until, &token);
             // A new claim: If-None-Match: *.
-            if self.put_claim(key, body.clone(), PutMode::Create).await? {
+            if let Some(version) = self.put_claim(key, body, PutMode::Create).await? {
+                self.remember(key, &token, until, version);
                 return Ok(Claim::Acquired(token));
             }
             let Some(current) = self.read_claim(key).await? else {
                 continue; // Ended (set, release on a plain store, remove) since: try again.
             };
-            if current.held_by(&token) {
+            if let Some((until, _)) = current.claim.as_ref().filter(|_| current.held_by(&token)) {
                 // A retried request whose first attempt had landed.
+                self.remember(key, &token, *until, current.version.clone());
                 return Ok(Claim::Acquired(token));
             }
             if let Some(until) = current.live_until() {
                 return Ok(Claim::Held { until });
             }
             // Expired, released or foreign: take it over.
-            let body = layout::claim_body(Timestamp::now().add(lease), &token);
+            let until = Timestamp::now().add(lease);
+            let body = layout::claim_body(until, &token);
             if self.conditional_update {
                 // If-Match on the ETag read: of all callers taking over this dead claim, one wins.
-                if self
+                if let Some(version) = self
                     .put_claim(key, body, PutMode::Update(current.version))
                     .await?
                 {
+                    self.remember(key, &token, until, version);
                     return Ok(Claim::Acquired(token));
                 }
             } else {
@@ -286,6 +340,26 @@ impl ObjectStoreCore {
         token: &ClaimToken,
         lease: Duration,
     ) -> Result<bool, ObjectError> {
+        // The claim as this core last wrote it: if the store still has that version, it holds
+        // what we wrote, so one conditional PUT renews it without reading it first.
+        if let Some(held) = self.remembered(key, token) {
+            if held.until <= Timestamp::now() {
+                self.forget(&self.layout.claim(key));
+                return Ok(false);
+            }
+            let until = Timestamp::now().add(lease);
+            let body = layout::claim_body(until, token);
+            match self
+                .put_claim(key, body, PutMode::Update(held.version))
+                .await?
+            {
+                Some(version) => {
+                    self.remember(key, token, until, version);
+                    return Ok(true);
+                }
+                None => self.forget(&self.layout.claim(key)),
+            }
+        }
         for _ in 0..MAX_ROUNDS {
             let Some(current) = self.read_claim(key).await? else {
                 return Ok(false);
@@ -293,8 +367,10 @@ impl ObjectStoreCore {
             if !current.held_by(token) || current.live_until().is_none() {
                 return Ok(false);
             }
-            let body = layout::claim_body(Timestamp::now().add(lease), token);
-            if self.replace_claim(key, &current, body).await? {
+            let until = Timestamp::now().add(lease);
+            let body = layout::claim_body(until, token);
+            if let Some(version) = self.replace_claim(key, &current, body).await? {
+                self.remember(key, token, until, version);
                 return Ok(true);
             }
         }
@@ -302,6 +378,17 @@ impl ObjectStoreCore {
     }
 
     async fn release_inner(&self, key: &Key, token: &ClaimToken) -> Result<(), ObjectError> {
+        if let Some(held) = self.remembered(key, token) {
+            self.forget(&self.layout.claim(key));
+            let released = layout::released_claim_body();
+            if self
+                .put_claim(key, released, PutMode::Update(held.version))
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
         for _ in 0..MAX_ROUNDS {
             let Some(current) = self.read_claim(key).await? else {
                 return Ok(());
@@ -317,6 +404,7 @@ impl ObjectStoreCore {
             if self
                 .replace_claim(key, &current, layout::released_claim_body())
                 .await?
+                .is_some()
             {
                 return Ok(());
             }
@@ -421,6 +509,7 @@ impl Core for ObjectStoreCore {
         }
         // The header and the value go out as two chunks of one payload: no copy of the value.
         let payload = PutPayload::from_iter([layout::entry_header(stored_at), value]);
+        self.forget(&self.layout.claim(key));
         let write = async {
             self.store.put(&self.layout.value(key), payload).await?;
             self.delete(&self.layout.claim(key)).await
@@ -447,6 +536,7 @@ impl Core for ObjectStoreCore {
     }
 
     async fn remove(&self, key: &Key) -> Result<bool> {
+        self.forget(&self.layout.claim(key));
         let remove = async {
             let existed = match self.store.head(&self.layout.value(key)).await {
                 Ok(_) => true,
@@ -462,6 +552,7 @@ impl Core for ObjectStoreCore {
 
     async fn clear(&self, namespace: &Namespace, func: &FuncId) -> Result<u64> {
         let dir = self.layout.func_dir(namespace, func);
+        self.forget(&dir);
         self.delete_listed(&dir, |path| match layout::classify(&dir, path) {
             Listed::Other => None,
             kind => Some(kind),
@@ -472,6 +563,7 @@ impl Core for ObjectStoreCore {
 
     async fn clear_claims(&self, namespace: &Namespace, func: &FuncId) -> Result<u64> {
         let dir = self.layout.func_dir(namespace, func);
+        self.forget(&dir);
         let clear = async {
             let claims: Vec<Path> = self
                 .store
@@ -515,6 +607,7 @@ impl Core for ObjectStoreCore {
 
     async fn clear_namespace(&self, namespace: &Namespace) -> Result<u64> {
         let dir = self.layout.namespace_dir(namespace);
+        self.forget(&dir);
         // Everything under the namespace goes, foreign objects included; values are the
         // objects directly inside a function's directory named by a hash.
         self.delete_listed(&dir, |path| {

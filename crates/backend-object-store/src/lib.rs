@@ -47,10 +47,13 @@
 //!   (`If-None-Match: *`): of any number of callers racing on a key without a claim object,
 //!   exactly one creates it. An expired or released claim is taken over with `PutMode::Update`
 //!   on the ETag just read (`If-Match`), so two callers taking over the same dead claim cannot
-//!   both win. `renew` and `release` read the claim, compare the token and write with
-//!   `If-Match` as well; since a delete cannot be conditional, `release` marks the claim
-//!   released instead of deleting it. A request retried after its first attempt landed finds
-//!   its own token and counts as acquired.
+//!   both win. `renew` and `release` are one PUT with `If-Match` on the ETag the core's own
+//!   last write of the claim returned (a core remembers the claims it holds): if the object
+//!   still has that ETag it holds what this holder wrote. When it does not (taken over after
+//!   the lease ran out, or the core does not remember it), they read the claim, compare the
+//!   token and write with `If-Match` on what they read. A delete cannot be conditional, so
+//!   `release` marks the claim released instead of deleting it. A claim request retried after
+//!   its first attempt landed finds its own token and counts as acquired.
 //! - **`set`** writes the entry (one `PUT`, replacing any value; a stale value stays readable
 //!   until then) and deletes the claim object, ending any claim as the contract says.
 //! - **`wait`** polls `get` with backoff (5 ms doubling to 200 ms): object stores have no change

@@ -39,8 +39,13 @@ pub fn s3_url() -> String {
 pub fn s3_config(url: &str) -> Config {
     let config = Config::from_url(url)
         .unwrap_or_else(|e| panic!("{URL_VAR}={url:?} is not a usable S3 URL: {e}"))
-        // Values of 8 MiB to a Python server while the whole matrix loads two cores.
-        .with_request_timeout(Duration::from_secs(30));
+        // A Python server serving one request at a time, values of 8 MiB, and the whole matrix
+        // on two cores: under that load a connection can wait seconds to be accepted, and a
+        // failed claim or renewal would make the front end compute twice. Tests of the default
+        // timeouts use `MotoServer::core` or a dead endpoint.
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_request_timeout(Duration::from_secs(30))
+        .with_retries(3);
     if std::env::var_os("AWS_ACCESS_KEY_ID").is_some() {
         config
     } else {
