@@ -142,7 +142,7 @@ impl MotoServer {
             .unwrap_or_else(|| {
                 panic!(
                     "{MOTO_VAR} is not set: run the suite with `cargo xtask test s3`, which \
-                     installs moto (`cargo xtask setup-s3`) and names its moto_server"
+                     installs moto (`cargo xtask setup-s3`) and names its S3 server"
                 )
             })
     }
