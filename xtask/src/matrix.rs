@@ -453,7 +453,8 @@ pub fn finish_services(services: Vec<Service>, keep: bool) {
             let url = service.url.clone();
             let env = service.kind.env_var();
             if let Some(stop) = service.keep() {
-                println!("kept: export {env}={url}   # stop with: {stop}");
+                // Quoted: an S3 URL holds `&`, which a shell would take for a background job.
+                println!("kept: export {env}='{url}'   # stop with: {stop}");
             }
         } else if let Err(e) = service.stop() {
             println!("xtask: {e}");
