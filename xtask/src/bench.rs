@@ -1,6 +1,7 @@
 //! `cargo xtask bench [TARGET...] [--quick]`: runs the benchmark package (`bench/`) in release
 //! mode. When the Redis target is selected, Redis is found or started like for the tests and its
-//! URL handed over in `CACHIER_TEST_REDIS_URL`; a throwaway server is stopped afterwards. When
+//! URL handed over in `CACHIER_TEST_REDIS_URL`, and likewise S3 (a `moto_server` with a bucket)
+//! in `CACHIER_TEST_S3_URL`; a throwaway server is stopped afterwards. When
 //! the plugin target is selected, the example plugin is built in release mode first and its
 //! directory handed over in `CACHIER_BENCH_PLUGIN_DIR`.
 
@@ -23,6 +24,13 @@ pub fn bench(args: &[String]) -> Result<bool, String> {
     } else {
         None
     };
+    let wants_s3 = targets.is_empty() || targets.iter().any(|t| t.as_str() == "s3");
+    let s3 = if wants_s3 {
+        let policy = Policy { may_start: true };
+        Some(services::resolve(ServiceKind::S3, policy)?)
+    } else {
+        None
+    };
     let mut cargo = workspace::cargo();
     cargo.args(["run", "--release", "--package", "cachier-bench", "--"]);
     cargo.args(args);
@@ -33,11 +41,18 @@ pub fn bench(args: &[String]) -> Result<bool, String> {
         println!("{}", redis.describe());
         cargo.env(ServiceKind::Redis.env_var(), &redis.url);
     }
+    if let Some(s3) = &s3 {
+        println!("{}", s3.describe());
+        cargo.env(ServiceKind::S3.env_var(), &s3.url);
+    }
     let status = cargo
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if let Some(redis) = redis {
         redis.stop()?;
+    }
+    if let Some(s3) = s3 {
+        s3.stop()?;
     }
     Ok(status.success())
 }

@@ -10,15 +10,17 @@ usage: cargo xtask <command> [options]
 commands:
   test [TARGET...]        run test suites against real services (default: all)
                           targets: core macros memory file sql sql:sqlite sql:postgres
-                                   sql:mysql redis mongo plugin xtask all
+                                   sql:mysql redis mongo s3 plugin xtask all
   ci                      fmt check, clippy -D warnings, the whole matrix, doc tests,
                           leftover check (what .ci/run runs)
-  services [SERVICE...]   find or start services (redis postgres mysql mongo; default all)
+  services [SERVICE...]   find or start services (redis postgres mysql mongo s3;
+                          default all)
                           and print their URLs; with --keep they stay up
   setup-mongo             install the nx-27017 MongoDB wire server into target/xtask/nx-venv
+  setup-s3                install the moto S3 server into target/xtask/s3-venv
   bench [TARGET...] [--quick]
                           benchmarks against the raw client operations (targets: memory file
-                          redis plugin; default all); tables in target/bench/results.{json,csv,md}
+                          redis s3 plugin; default all); tables in target/bench/results.{json,csv,md}
   help                    this text
 
 test options:
@@ -31,8 +33,9 @@ test options:
   --keep                  leave throwaway servers running and print how to stop them
   --timings               run the selection in parallel, then serially, and print the speed-up
 
-services: CACHIER_TEST_{REDIS,POSTGRES,MYSQL,MONGO}_URL name your own servers; else a server
-on the standard local port is used; else a throwaway one is started (and stopped afterwards).
+services: CACHIER_TEST_{REDIS,POSTGRES,MYSQL,MONGO,S3}_URL name your own servers; else a server
+on the standard local port is used (not for S3); else a throwaway one is started (and stopped
+afterwards; a throwaway S3 server gets a bucket for the run).
 ";
 
 /// What to do.
@@ -42,6 +45,7 @@ pub enum Command {
     Ci(TestArgs),
     Services { kinds: Vec<ServiceKind>, keep: bool },
     SetupMongo,
+    SetupS3,
     Bench(Vec<String>),
     Help,
 }
@@ -84,7 +88,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                             .into_iter()
                             .find(|k| k.name() == name)
                             .ok_or_else(|| {
-                                format!("unknown service {name:?}: redis, postgres, mysql or mongo")
+                                format!(
+                                    "unknown service {name:?}: redis, postgres, mysql, mongo or s3"
+                                )
                             })?,
                     ),
                 }
@@ -95,6 +101,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             Ok(Command::Services { kinds, keep })
         }
         "setup-mongo" if rest.is_empty() => Ok(Command::SetupMongo),
+        "setup-s3" if rest.is_empty() => Ok(Command::SetupS3),
         // The benchmark binary checks its own arguments.
         "bench" => Ok(Command::Bench(rest.to_vec())),
         "help" | "--help" | "-h" => Ok(Command::Help),

@@ -6,7 +6,7 @@
 //!
 //! - [`cli`]: the command line (hand-parsed; the xtask has no dependencies);
 //! - [`targets`]: which package, features, tests and services each target means;
-//! - [`services`]: finding or starting Redis, PostgreSQL, MariaDB and the MongoDB wire server,
+//! - [`services`]: finding or starting Redis, PostgreSQL, MariaDB, the MongoDB wire server and the S3 server,
 //!   and speaking just enough of each protocol to probe it and to find test data in it;
 //! - [`runner`]: running a target's tests with cargo-nextest (or `cargo test`) and reading the
 //!   counts back;
@@ -56,6 +56,10 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(&args),
         Command::SetupMongo => services::mongo::setup().map(|server| {
             println!("nx-27017 is installed: {}", server.display());
+            true
+        }),
+        Command::SetupS3 => services::s3::setup().map(|server| {
+            println!("the S3 server (moto) is installed: {}", server.display());
             true
         }),
     };

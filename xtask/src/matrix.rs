@@ -194,6 +194,16 @@ pub fn run(
             Err(e) => println!("== nx-27017 for the mongo fault tests: {e}"),
         }
     }
+    // The same for the S3 outage tests and their private S3 servers.
+    if runnable
+        .iter()
+        .any(|(_, t)| t.services.contains(&ServiceKind::S3))
+    {
+        match services::s3::server_binary() {
+            Ok(bin) => envs.push((services::s3::BIN_VAR.to_owned(), bin.display().to_string())),
+            Err(e) => println!("== the S3 server for the s3 fault tests: {e}"),
+        }
+    }
     runnable.retain(|(i, target)| {
         let missing: Vec<String> = target
             .services
@@ -443,7 +453,8 @@ pub fn finish_services(services: Vec<Service>, keep: bool) {
             let url = service.url.clone();
             let env = service.kind.env_var();
             if let Some(stop) = service.keep() {
-                println!("kept: export {env}={url}   # stop with: {stop}");
+                // Quoted: an S3 URL holds `&`, which a shell would take for a background job.
+                println!("kept: export {env}='{url}'   # stop with: {stop}");
             }
         } else if let Err(e) = service.stop() {
             println!("xtask: {e}");

@@ -65,7 +65,7 @@ impl Target {
     }
 }
 
-use ServiceKind::{Mongo, Mysql, Postgres, Redis};
+use ServiceKind::{Mongo, Mysql, Postgres, Redis, S3};
 
 /// Every target, in the order `all` runs and the table lists them.
 pub const TARGETS: &[Target] = &[
@@ -151,6 +151,15 @@ pub const TARGETS: &[Target] = &[
         services: &[Mongo],
     },
     Target {
+        name: "s3",
+        package: "cachier-object-store",
+        dir: "crates/backend-object-store",
+        features: &[],
+        filter: None,
+        cargo_test_args: &[],
+        services: &[S3],
+    },
+    Target {
         name: "plugin",
         package: "cachier-plugin",
         dir: "crates/plugin",
@@ -194,6 +203,7 @@ const GROUPS: &[(&str, &[&str])] = &[
             "sql:mysql",
             "redis",
             "mongo",
+            "s3",
             "plugin",
             "examples",
             "xtask",

@@ -1,17 +1,18 @@
-//! The servers the backend suites run against: Redis, PostgreSQL, MariaDB/MySQL and a MongoDB
-//! wire-protocol server.
+//! The servers the backend suites run against: Redis, PostgreSQL, MariaDB/MySQL, a MongoDB
+//! wire-protocol server and an S3-compatible server.
 //!
 //! [`resolve`] finds one server per [`ServiceKind`], in this order:
 //!
 //! 1. the URL in the service's environment variable (`CACHIER_TEST_REDIS_URL`, ...), which must
 //!    answer;
 //! 2. a server answering on the service's standard local port (`127.0.0.1:6379`, `:5432`,
-//!    `:3306`, `:27017`), recognised by a real protocol exchange, not only an open port;
+//!    `:3306`, `:27017`; S3 has no standard local port and skips this step), recognised by a
+//!    real protocol exchange, not only an open port;
 //! 3. a throwaway server started from the installed binaries on a free port in a temporary
 //!    directory. It is stopped, and its directory removed, when the [`Service`] is dropped,
-//!    unless it is kept ([`Service::keep`]).
+//!    unless it is kept ([`Service::keep`]). A throwaway S3 server gets a bucket for the run.
 //!
-//! Each service module (`redis`, `postgres`, `mysql`, `mongo`) has the same four parts: the
+//! Each service module (`redis`, `postgres`, `mysql`, `mongo`, `s3`) has the same four parts: the
 //! standard URL, a protocol probe, how to start a throwaway server, and a listing of the test
 //! namespaces it holds (for the leftover check, see `crate::leftovers`).
 
@@ -20,6 +21,7 @@ pub mod mongo;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
+pub mod s3;
 mod url;
 
 pub use url::ServiceUrl;
@@ -42,11 +44,18 @@ pub enum ServiceKind {
     Postgres,
     Mysql,
     Mongo,
+    S3,
 }
 
 impl ServiceKind {
     /// Every service, in the order they are started and reported.
-    pub const ALL: [ServiceKind; 4] = [Self::Redis, Self::Postgres, Self::Mysql, Self::Mongo];
+    pub const ALL: [ServiceKind; 5] = [
+        Self::Redis,
+        Self::Postgres,
+        Self::Mysql,
+        Self::Mongo,
+        Self::S3,
+    ];
 
     /// The service's name in messages.
     pub fn name(self) -> &'static str {
@@ -55,6 +64,7 @@ impl ServiceKind {
             Self::Postgres => "postgres",
             Self::Mysql => "mysql",
             Self::Mongo => "mongo",
+            Self::S3 => "s3",
         }
     }
 
@@ -65,6 +75,7 @@ impl ServiceKind {
             Self::Postgres => "CACHIER_TEST_POSTGRES_URL",
             Self::Mysql => "CACHIER_TEST_MYSQL_URL",
             Self::Mongo => "CACHIER_TEST_MONGO_URL",
+            Self::S3 => "CACHIER_TEST_S3_URL",
         }
     }
 
@@ -75,6 +86,8 @@ impl ServiceKind {
             Self::Postgres => 5432,
             Self::Mysql => 3306,
             Self::Mongo => 27017,
+            // moto_server's default; never probed (see `resolve`).
+            Self::S3 => 5000,
         }
     }
 
@@ -85,6 +98,7 @@ impl ServiceKind {
             Self::Postgres => postgres::local_url(port),
             Self::Mysql => mysql::local_url(port),
             Self::Mongo => mongo::local_url(port),
+            Self::S3 => s3::local_url(port),
         }
     }
 
@@ -95,6 +109,7 @@ impl ServiceKind {
             Self::Postgres => postgres::probe(addr),
             Self::Mysql => mysql::probe(addr),
             Self::Mongo => mongo::probe(addr),
+            Self::S3 => s3::probe(addr),
         }
     }
 
@@ -105,6 +120,7 @@ impl ServiceKind {
             Self::Postgres => postgres::test_namespaces(url),
             Self::Mysql => mysql::test_namespaces(url),
             Self::Mongo => mongo::test_namespaces(url),
+            Self::S3 => s3::test_namespaces(url),
         }
     }
 
@@ -124,6 +140,7 @@ impl ServiceKind {
             Self::Postgres => postgres::remove_namespaces(url, &names),
             Self::Mysql => mysql::remove_namespaces(url, &names),
             Self::Mongo => mongo::remove_namespaces(url, &names),
+            Self::S3 => s3::remove_namespaces(url, &names),
         }
     }
 
@@ -135,11 +152,20 @@ impl ServiceKind {
             Self::Postgres => postgres::launch(port, &dir),
             Self::Mysql => mysql::launch(port, &dir),
             Self::Mongo => mongo::launch(port, &dir),
+            Self::S3 => s3::launch(port, &dir),
         };
         if launched.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
         }
         launched
+    }
+
+    /// The address a service URL points at (for S3, its `endpoint=`).
+    pub fn address(self, url: &str) -> Result<SocketAddr, String> {
+        match self {
+            Self::S3 => s3::parse(url).map(|(_, addr)| addr),
+            _ => ServiceUrl::parse(url, self.standard_port())?.socket_addr(),
+        }
     }
 
     /// How long a throwaway server may take to answer after it was started.
@@ -302,7 +328,12 @@ pub fn resolve(kind: ServiceKind, policy: Policy) -> Result<Service, String> {
         .ok()
         .filter(|u| !u.trim().is_empty())
     {
-        let addr = ServiceUrl::parse(&url, kind.standard_port())?.socket_addr()?;
+        if kind == ServiceKind::S3 && !url.contains("endpoint=") {
+            // A cloud bucket: the tests reach it with the standard credentials; xtask cannot
+            // probe it without signing requests.
+            return Ok(ready(url, Origin::Environment));
+        }
+        let addr = kind.address(&url)?;
         kind.probe(addr).map_err(|e| {
             format!(
                 "{} is set to {url}, but no {kind} server answers there: {e}",
@@ -312,7 +343,8 @@ pub fn resolve(kind: ServiceKind, policy: Policy) -> Result<Service, String> {
         return Ok(ready(url, Origin::Environment));
     }
     let port = kind.standard_port();
-    if kind.probe(SocketAddr::from(([127, 0, 0, 1], port))).is_ok() {
+    // Any HTTP server may listen on moto's default port: S3 never uses a server it did not start.
+    if kind != ServiceKind::S3 && kind.probe(SocketAddr::from(([127, 0, 0, 1], port))).is_ok() {
         return Ok(ready(kind.local_url(port), Origin::StandardPort));
     }
     if !policy.may_start {
@@ -324,13 +356,17 @@ pub fn resolve(kind: ServiceKind, policy: Policy) -> Result<Service, String> {
     let port = process::free_port()?;
     let launch = kind.launch(port)?;
     let service = ready(launch.url.clone(), Origin::Throwaway(launch));
-    wait_until_answering(service)
+    let service = wait_until_answering(service)?;
+    if kind == ServiceKind::S3 {
+        s3::create_bucket(&service.url)?;
+    }
+    Ok(service)
 }
 
 /// Polls a freshly started server until its probe succeeds, its process dies, or time runs out.
 fn wait_until_answering(mut service: Service) -> Result<Service, String> {
     let kind = service.kind;
-    let addr = ServiceUrl::parse(&service.url, kind.standard_port())?.socket_addr()?;
+    let addr = kind.address(&service.url)?;
     let deadline = Instant::now() + kind.startup_limit();
     loop {
         let last = match kind.probe(addr) {
@@ -459,10 +495,7 @@ pub(crate) mod testing {
             kept: false,
         };
         let service = wait_until_answering(service).unwrap_or_else(|e| panic!("{e}"));
-        let addr = ServiceUrl::parse(&service.url, 0)
-            .unwrap()
-            .socket_addr()
-            .unwrap();
+        let addr = kind.address(&service.url).unwrap();
         assert_eq!(addr.port(), port);
         kind.probe(addr).unwrap();
         assert_eq!(
