@@ -10,15 +10,17 @@ usage: cargo xtask <command> [options]
 commands:
   test [TARGET...]        run test suites against real services (default: all)
                           targets: core macros memory file sql sql:sqlite sql:postgres
-                                   sql:mysql redis mongo plugin xtask all
+                                   sql:mysql redis redis:cluster mongo plugin xtask all
   ci                      fmt check, clippy -D warnings, the whole matrix, doc tests,
                           leftover check (what .ci/run runs)
-  services [SERVICE...]   find or start services (redis postgres mysql mongo; default all)
+  services [SERVICE...]   find or start services (redis redis-cluster postgres mysql mongo;
+                          default all)
                           and print their URLs; with --keep they stay up
   setup-mongo             install the nx-27017 MongoDB wire server into target/xtask/nx-venv
   bench [TARGET...] [--quick]
                           benchmarks against the raw client operations (targets: memory file
-                          redis plugin; default all); tables in target/bench/results.{json,csv,md}
+                          redis redis:cluster plugin; default all); tables in
+                          target/bench/results.{json,csv,md}
   help                    this text
 
 test options:
@@ -33,6 +35,8 @@ test options:
 
 services: CACHIER_TEST_{REDIS,POSTGRES,MYSQL,MONGO}_URL name your own servers; else a server
 on the standard local port is used; else a throwaway one is started (and stopped afterwards).
+CACHIER_TEST_REDIS_CLUSTER_URL (redis+cluster://host:port,host:port) names a Redis Cluster;
+else a throwaway one of 3 primaries and 3 replicas is started on loopback.
 ";
 
 /// What to do.
@@ -84,7 +88,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                             .into_iter()
                             .find(|k| k.name() == name)
                             .ok_or_else(|| {
-                                format!("unknown service {name:?}: redis, postgres, mysql or mongo")
+                                format!(
+                                    "unknown service {name:?}: redis, redis-cluster, postgres, mysql or mongo"
+                                )
                             })?,
                     ),
                 }

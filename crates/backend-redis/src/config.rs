@@ -167,10 +167,10 @@ impl Config {
             let node = node.as_ref();
             let scheme = node.split_once("://").map(|(scheme, _)| scheme);
             if !matches!(scheme, Some("redis" | "rediss")) {
-                return Err(Error::config(
-                    "a Redis Cluster node is a redis:// or rediss:// URL",
-                )
-                .with_backend("redis"));
+                return Err(
+                    Error::config("a Redis Cluster node is a redis:// or rediss:// URL")
+                        .with_backend("redis"),
+                );
             }
             let info = node.into_connection_info().map_err(|e| {
                 Error::config(format!("invalid Redis Cluster node URL: {e}")).with_backend("redis")
@@ -202,10 +202,10 @@ impl Config {
         let rest = rest.split(['?', '#']).next().unwrap_or_default();
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
         if !path.is_empty() && path != "0" {
-            return Err(Error::config(
-                "invalid Redis Cluster URL: a cluster has only database 0",
-            )
-            .with_backend("redis"));
+            return Err(
+                Error::config("invalid Redis Cluster URL: a cluster has only database 0")
+                    .with_backend("redis"),
+            );
         }
         let (credentials, hosts) = match authority.rsplit_once('@') {
             Some((credentials, hosts)) => (Some(credentials), hosts),
@@ -220,10 +220,10 @@ impl Config {
             })
             .collect();
         if nodes.is_empty() {
-            return Err(Error::config(
-                "invalid Redis Cluster URL: name at least one host:port",
-            )
-            .with_backend("redis"));
+            return Err(
+                Error::config("invalid Redis Cluster URL: name at least one host:port")
+                    .with_backend("redis"),
+            );
         }
         Self::cluster(nodes)
     }
@@ -231,10 +231,10 @@ impl Config {
     /// Without the feature `cluster`: a clear error.
     #[cfg(not(feature = "cluster"))]
     fn from_cluster_url(_url: &str) -> Result<Self> {
-        Err(Error::config(
-            "redis+cluster:// URLs need the feature `cluster` of cachier-redis",
+        Err(
+            Error::config("redis+cluster:// URLs need the feature `cluster` of cachier-redis")
+                .with_backend("redis"),
         )
-        .with_backend("redis"))
     }
 
     /// Sets the time allowed to open one connection.
@@ -399,7 +399,12 @@ mod tests {
         assert!(debug.contains("example.invalid:6390"), "{debug}");
         assert!(!debug.contains("pw"), "{debug}");
         assert_eq!(
-            config.client().unwrap().get_connection_info().redis_settings().db(),
+            config
+                .client()
+                .unwrap()
+                .get_connection_info()
+                .redis_settings()
+                .db(),
             3
         );
         assert!(Config::from_url("rediss://example.invalid:6390").is_ok());
@@ -430,7 +435,12 @@ mod tests {
         assert_eq!(config.connect_timeout(), Duration::from_millis(250));
         assert_eq!(config.response_timeout(), Duration::from_secs(3));
         assert_eq!(
-            config.client().unwrap().get_connection_info().redis_settings().db(),
+            config
+                .client()
+                .unwrap()
+                .get_connection_info()
+                .redis_settings()
+                .db(),
             2
         );
         for bad in ["0", "-5", "1s", ""] {

@@ -59,9 +59,11 @@ impl Connection {
             #[cfg(feature = "cluster")]
             Deployment::Cluster(seeds) => {
                 let client = cluster_builder(seeds, config).build()?;
-                Ok(Self::Cluster(client.get_pending_async_connection_with_config(
-                    redis::cluster::ClusterConfig::new(),
-                )))
+                Ok(Self::Cluster(
+                    client.get_pending_async_connection_with_config(
+                        redis::cluster::ClusterConfig::new(),
+                    ),
+                ))
             }
         }
     }

@@ -165,8 +165,12 @@ impl RedisCore {
             Deployment::Single(client) => (Wakeups::new(client.clone(), timeouts), "PUBLISH"),
             #[cfg(feature = "cluster")]
             Deployment::Cluster(seeds) => (
-                Wakeups::cluster(crate::connection::cluster_builder(seeds, &config), true, timeouts)
-                    .map_err(|e| redis_error("connect", e))?,
+                Wakeups::cluster(
+                    crate::connection::cluster_builder(seeds, &config),
+                    true,
+                    timeouts,
+                )
+                .map_err(|e| redis_error("connect", e))?,
                 "SPUBLISH",
             ),
         };
@@ -246,7 +250,9 @@ impl RedisCore {
                 let reply = match &node {
                     None => scan.query_async(&mut connection).await,
                     #[cfg(feature = "cluster")]
-                    Some((host, port)) => cluster::query_node(&mut connection, scan, host, *port).await,
+                    Some((host, port)) => {
+                        cluster::query_node(&mut connection, scan, host, *port).await
+                    }
                     #[cfg(not(feature = "cluster"))]
                     Some(_) => unreachable!("only a cluster has nodes to walk"),
                 };

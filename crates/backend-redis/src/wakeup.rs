@@ -424,7 +424,10 @@ async fn run_cluster(
     for channel in &wanted {
         let _ = tokio::time::timeout(timeouts.response, connection.ssubscribe(channel)).await;
     }
-    debug!(channels = wanted.len(), "redis cluster wake-up connection open");
+    debug!(
+        channels = wanted.len(),
+        "redis cluster wake-up connection open"
+    );
     shared.connected.store(true, Ordering::Release);
     shared.bump_all();
     loop {
