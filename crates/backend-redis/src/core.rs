@@ -65,6 +65,31 @@ if ARGV[3] ~= '' then redis.call(ARGV[3], ARGV[2], 'release') end
 return 1
 ";
 
+/// On a cluster, `set` as one script instead of `MULTI`/`EXEC` (the cluster client follows
+/// `MOVED`/`ASK` for a script, not for a transaction): stores the entry KEYS[1] (with a `PX`
+/// of ARGV[2] milliseconds unless empty), deletes the claim KEYS[2], announces it on ARGV[3]
+/// with the command ARGV[4] unless empty.
+const STORE_SCRIPT: &str = r"
+if ARGV[2] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('DEL', KEYS[2])
+if ARGV[4] ~= '' then redis.call(ARGV[4], ARGV[3], 'set') end
+return 1
+";
+
+/// On a cluster, `remove` as one script (see [`STORE_SCRIPT`]): unlinks the entry KEYS[1] and
+/// the claim KEYS[2], announces it on ARGV[1] with ARGV[2] unless empty. Returns how many
+/// entries existed.
+const REMOVE_SCRIPT: &str = r"
+local n = redis.call('UNLINK', KEYS[1])
+redis.call('DEL', KEYS[2])
+if ARGV[2] ~= '' then redis.call(ARGV[2], ARGV[1], 'remove') end
+return n
+";
+
 /// Deletes an entry whose framing says it was stored before ARGV[1] (milliseconds). Reads
 /// only the 9 header bytes, never the value. Returns 1 if deleted. Entries in another framing
 /// (or of another type) are left alone.
@@ -82,6 +107,59 @@ end
 return 0
 ";
 
+/// A Lua script of one key, run with `EVALSHA`, or with `EVAL` (which also caches it on that
+/// server) when the server does not know it (`NOSCRIPT`: after a restart, a failover, or on a
+/// cluster node that never ran it). Unlike `redis::Script` it never sends `SCRIPT LOAD`, which
+/// a cluster connection sends to every node, a failed one included (and then times out).
+struct LuaScript {
+    source: &'static str,
+    hash: String,
+}
+
+impl LuaScript {
+    fn new(source: &'static str) -> Self {
+        LuaScript {
+            source,
+            hash: Script::new(source).get_hash().to_owned(),
+        }
+    }
+
+    /// Runs the script; `key_and_args` adds the one key and the arguments.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        connection: &mut Connection,
+        key_and_args: impl Fn(&mut redis::Cmd),
+    ) -> redis::RedisResult<T> {
+        self.run_keys(connection, 1, key_and_args).await
+    }
+
+    /// Runs the script; `keys_and_args` adds `keys` keys and then the arguments.
+    async fn run_keys<T: redis::FromRedisValue>(
+        &self,
+        connection: &mut Connection,
+        keys: usize,
+        keys_and_args: impl Fn(&mut redis::Cmd),
+    ) -> redis::RedisResult<T> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.hash).arg(keys);
+        keys_and_args(&mut cmd);
+        match cmd.query_async(connection).await {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(ServerErrorKind::NoScript)
+                ) =>
+            {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(self.source).arg(keys);
+                keys_and_args(&mut cmd);
+                cmd.query_async(connection).await
+            }
+            outcome => outcome,
+        }
+    }
+}
+
 /// A [`Core`] that stores entries in Redis. See the [crate docs](crate) for the layout.
 ///
 /// Cheap to share as `Arc<dyn Core>`; all calls go through one multiplexed connection that
@@ -93,9 +171,11 @@ pub struct RedisCore {
     /// How a wake-up is announced: `PUBLISH` on one server, `SPUBLISH` (sharded pub/sub) on a
     /// cluster, nothing on a cluster without sharded pub/sub (waiters poll there).
     publish: &'static str,
-    claim_script: Script,
-    renew_script: Script,
-    release_script: Script,
+    claim_script: LuaScript,
+    renew_script: LuaScript,
+    release_script: LuaScript,
+    store_script: LuaScript,
+    remove_script: LuaScript,
 }
 
 impl RedisCore {
@@ -179,9 +259,11 @@ impl RedisCore {
             config,
             wakeups,
             publish,
-            claim_script: Script::new(CLAIM_SCRIPT),
-            renew_script: Script::new(RENEW_SCRIPT),
-            release_script: Script::new(RELEASE_SCRIPT),
+            claim_script: LuaScript::new(CLAIM_SCRIPT),
+            renew_script: LuaScript::new(RENEW_SCRIPT),
+            release_script: LuaScript::new(RELEASE_SCRIPT),
+            store_script: LuaScript::new(STORE_SCRIPT),
+            remove_script: LuaScript::new(REMOVE_SCRIPT),
         })
     }
 
@@ -353,11 +435,28 @@ impl RedisCore {
         }
         let packed = layout::pack_entry(&value, stored_at);
         let (entry_key, claim_key) = layout::entry_and_claim_keys(key);
+        // Capped far below the point where Redis refuses an expiry as out of range.
+        let expire_millis = expire_after.map(|expire| lease_millis(expire).min(1 << 52));
+        if self.is_cluster() {
+            let expire = expire_millis.map(|ms| ms.to_string()).unwrap_or_default();
+            let _: i64 = self
+                .store_script
+                .run_keys(&mut self.connection(), 2, |cmd| {
+                    cmd.arg(&entry_key)
+                        .arg(&claim_key)
+                        .arg(&packed)
+                        .arg(&expire)
+                        .arg(layout::wake_channel(key))
+                        .arg(self.publish);
+                })
+                .await
+                .map_err(|e| redis_error("set", e).with_key(key))?;
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         pipe.atomic().cmd("SET").arg(entry_key).arg(packed);
-        if let Some(expire) = expire_after {
-            // Capped far below the point where Redis refuses an expiry as out of range.
-            pipe.arg("PX").arg(lease_millis(expire).min(1 << 52));
+        if let Some(expire) = expire_millis {
+            pipe.arg("PX").arg(expire);
         }
         pipe.ignore().cmd("DEL").arg(claim_key).ignore();
         if !self.publish.is_empty() {
@@ -532,10 +631,11 @@ impl Core for RedisCore {
         let until = Timestamp::now().add(lease);
         let (acquired, pttl): (i64, i64) = self
             .claim_script
-            .key(layout::claim_key(key))
-            .arg(layout::claim_value(until, token.as_str()))
-            .arg(lease_millis(lease))
-            .invoke_async(&mut self.connection())
+            .run(&mut self.connection(), |cmd| {
+                cmd.arg(layout::claim_key(key))
+                    .arg(layout::claim_value(until, token.as_str()))
+                    .arg(lease_millis(lease));
+            })
             .await
             .map_err(|e| redis_error("claim", e).with_key(key))?;
         if acquired == 1 {
@@ -551,11 +651,12 @@ impl Core for RedisCore {
         let until = Timestamp::now().add(lease);
         let renewed: i64 = self
             .renew_script
-            .key(layout::claim_key(key))
-            .arg(token.as_str())
-            .arg(layout::claim_value(until, token.as_str()))
-            .arg(lease_millis(lease))
-            .invoke_async(&mut self.connection())
+            .run(&mut self.connection(), |cmd| {
+                cmd.arg(layout::claim_key(key))
+                    .arg(token.as_str())
+                    .arg(layout::claim_value(until, token.as_str()))
+                    .arg(lease_millis(lease));
+            })
             .await
             .map_err(|e| redis_error("renew", e).with_key(key))?;
         Ok(renewed == 1)
@@ -564,11 +665,12 @@ impl Core for RedisCore {
     async fn release(&self, key: &Key, token: &ClaimToken) -> Result<()> {
         let _released: i64 = self
             .release_script
-            .key(layout::claim_key(key))
-            .arg(token.as_str())
-            .arg(layout::wake_channel(key))
-            .arg(self.publish)
-            .invoke_async(&mut self.connection())
+            .run(&mut self.connection(), |cmd| {
+                cmd.arg(layout::claim_key(key))
+                    .arg(token.as_str())
+                    .arg(layout::wake_channel(key))
+                    .arg(self.publish);
+            })
             .await
             .map_err(|e| redis_error("release", e).with_key(key))?;
         Ok(())
@@ -629,6 +731,19 @@ impl Core for RedisCore {
     }
 
     async fn remove(&self, key: &Key) -> Result<bool> {
+        if self.is_cluster() {
+            let removed: u64 = self
+                .remove_script
+                .run_keys(&mut self.connection(), 2, |cmd| {
+                    cmd.arg(layout::entry_key(key))
+                        .arg(layout::claim_key(key))
+                        .arg(layout::wake_channel(key))
+                        .arg(self.publish);
+                })
+                .await
+                .map_err(|e| redis_error("remove", e).with_key(key))?;
+            return Ok(removed > 0);
+        }
         let mut pipe = redis::pipe();
         pipe.atomic()
             .cmd("UNLINK")
@@ -682,15 +797,16 @@ impl Core for RedisCore {
             async move {
                 if self.is_cluster() {
                     // The keys lie in many slots: one script call per key (each routed to
-                    // its slot's node, loading the script there if needed), all at once.
+                    // its slot's node, sent as `EVAL` where the node lacks it), all at once.
+                    let lua = LuaScript::new(DELETE_STALE_SCRIPT);
+                    let lua = &lua;
                     let calls = keys.iter().map(|key| {
                         let mut connection = self.connection();
                         async move {
-                            script
-                                .key(key.as_slice())
-                                .arg(stored_before.as_millis())
-                                .invoke_async::<u64>(&mut connection)
-                                .await
+                            lua.run::<u64>(&mut connection, |cmd| {
+                                cmd.arg(key.as_slice()).arg(stored_before.as_millis());
+                            })
+                            .await
                         }
                     });
                     let mut deleted = 0;

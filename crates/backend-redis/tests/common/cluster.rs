@@ -321,6 +321,44 @@ impl PrivateCluster {
         panic!("no primary serves slot {slot}");
     }
 
+    /// Waits until every running node flags the node on `dead_port` as failed (`fail`, not
+    /// only suspected) and sees none of its slots served by it.
+    pub fn wait_failover_seen(&self, dead_port: u16, within: Duration) {
+        let deadline = Instant::now() + within;
+        let dead = format!("127.0.0.1:{dead_port}@");
+        loop {
+            let seen = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                let Ok(mut conn) = node_connection(&format!("127.0.0.1:{}", n.port)) else {
+                    return false;
+                };
+                let nodes: String = redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+                    && nodes.lines().filter(|l| l.contains(&dead)).all(|line| {
+                        let fields: Vec<&str> = line.split_whitespace().collect();
+                        fields
+                            .get(2)
+                            .is_some_and(|flags| flags.split(',').any(|f| f == "fail"))
+                            && fields.len() <= 8
+                    })
+            });
+            if seen {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the nodes did not all see the failover of {dead_port} within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The ports of the primaries, and of the other nodes.
     pub fn ports(&self) -> Vec<u16> {
         self.nodes.iter().map(|n| n.port).collect()
