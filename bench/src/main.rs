@@ -5,15 +5,17 @@
 //! concurrent callers, hit throughput under concurrency, and hit cost as the store grows.
 //!
 //! ```text
-//! cargo run --release -p cachier-bench -- [memory] [file] [redis] [plugin] [--quick]
+//! cargo run --release -p cachier-bench -- [memory] [file] [redis] [redis:cluster] [plugin] [--quick]
 //! ```
 //!
 //! (`cargo xtask bench [target...] [--quick]` runs exactly this, after building the example
-//! plugin the plugin target loads.) With no target, all four run. The table goes to the
+//! plugin the plugin target loads, and starting a throwaway Redis Cluster for redis:cluster.)
+//! With no target, all five run. The table goes to the
 //! terminal; `target/bench/results.json`, `results.csv` and
 //! `results.md` (the README table) get the same rows. The Redis target uses
 //! `CACHIER_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`), writes under a namespace of its
-//! own and deletes everything it wrote.
+//! own and deletes everything it wrote; the redis:cluster target uses
+//! `CACHIER_TEST_REDIS_CLUSTER_URL` (a `redis+cluster://` URL) the same way.
 //!
 //! The harness lives in [`harness`]: calibrated batches, variants interleaved round by round,
 //! medians with 10th/90th percentiles, and ratios taken from paired rounds. See
@@ -24,6 +26,7 @@ mod harness;
 mod memory;
 mod plugin;
 mod redis;
+mod redis_cluster;
 mod report;
 mod suite;
 
@@ -35,7 +38,7 @@ use crate::harness::Plan;
 use crate::report::Report;
 use crate::suite::Ctx;
 
-const TARGETS: [&str; 4] = ["memory", "file", "redis", "plugin"];
+const TARGETS: [&str; 5] = ["memory", "file", "redis", "redis:cluster", "plugin"];
 
 fn usage() -> String {
     format!(
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
                 "memory" => memory::run(&ctx, &mut report).await,
                 "file" => file::run(&ctx, &mut report).await,
                 "redis" => redis::run(&ctx, &mut report).await,
+                "redis:cluster" => redis_cluster::run(&ctx, &mut report).await,
                 "plugin" => plugin::run(&ctx, &mut report).await,
                 other => Err(format!("no such target {other}")),
             }

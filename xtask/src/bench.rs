@@ -1,6 +1,8 @@
 //! `cargo xtask bench [TARGET...] [--quick]`: runs the benchmark package (`bench/`) in release
 //! mode. When the Redis target is selected, Redis is found or started like for the tests and its
 //! URL handed over in `CACHIER_TEST_REDIS_URL`; a throwaway server is stopped afterwards. When
+//! the redis:cluster target is selected (or none is), a Redis Cluster is found or started the
+//! same way (`CACHIER_TEST_REDIS_CLUSTER_URL`, else a throwaway one) and stopped afterwards. When
 //! the plugin target is selected, the example plugin is built in release mode first and its
 //! directory handed over in `CACHIER_BENCH_PLUGIN_DIR`.
 
@@ -23,6 +25,13 @@ pub fn bench(args: &[String]) -> Result<bool, String> {
     } else {
         None
     };
+    let wants_cluster = targets.is_empty() || targets.iter().any(|t| t.as_str() == "redis:cluster");
+    let cluster = if wants_cluster {
+        let policy = Policy { may_start: true };
+        Some(services::resolve(ServiceKind::RedisCluster, policy)?)
+    } else {
+        None
+    };
     let mut cargo = workspace::cargo();
     cargo.args(["run", "--release", "--package", "cachier-bench", "--"]);
     cargo.args(args);
@@ -33,11 +42,18 @@ pub fn bench(args: &[String]) -> Result<bool, String> {
         println!("{}", redis.describe());
         cargo.env(ServiceKind::Redis.env_var(), &redis.url);
     }
+    if let Some(cluster) = &cluster {
+        println!("{}", cluster.describe());
+        cargo.env(ServiceKind::RedisCluster.env_var(), &cluster.url);
+    }
     let status = cargo
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
     if let Some(redis) = redis {
         redis.stop()?;
+    }
+    if let Some(cluster) = cluster {
+        cluster.stop()?;
     }
     Ok(status.success())
 }
