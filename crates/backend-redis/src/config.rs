@@ -450,4 +450,36 @@ mod tests {
             assert!(!err.to_string().contains("hunter2"), "{err}");
         }
     }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn cluster_urls_name_their_nodes() {
+        let config = Config::from_url(
+            "redis+cluster://:hunter2@10.0.0.1:7000,10.0.0.2:7001?response_timeout_ms=2500",
+        )
+        .unwrap();
+        assert!(config.is_cluster());
+        assert!(config.client().is_none());
+        assert_eq!(config.address(), "10.0.0.1:7000,10.0.0.2:7001");
+        assert_eq!(config.response_timeout(), Duration::from_millis(2500));
+        let Deployment::Cluster(seeds) = config.deployment() else {
+            panic!("a cluster deployment");
+        };
+        assert_eq!(seeds.len(), 2);
+        assert_eq!(seeds[1].redis_settings().password(), Some("hunter2"));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(Config::from_url("rediss+cluster://10.0.0.1:7000").is_ok());
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://10.0.0.1:7000/3",
+            "redis+cluster://:hunter2@x:notaport",
+        ] {
+            let err = Config::from_url(bad).unwrap_err();
+            assert_eq!(err.kind(), cachier_core::ErrorKind::Config, "{bad:?}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        assert!(Config::cluster(["http://10.0.0.1:7000"]).is_err());
+        assert!(Config::cluster(Vec::<String>::new()).is_err());
+    }
 }
