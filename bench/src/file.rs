@@ -133,6 +133,9 @@ async fn measure(ctx: &Ctx, dir: &Path, report: &mut Report) -> BenchResult<bool
 
     let stampede_ok = stampede(TARGET, &cache, if ctx.quick { 3 } else { 10 }, report).await?;
 
+    // A clear while other processes call the same namespace.
+    crate::file_load::measure(ctx, &dir.join("load"), report).await?;
+
     // Hit throughput.
     {
         let f = cache.function(func("throughput"));

@@ -22,6 +22,7 @@
 //! `bench/README-section.md` for why it is not criterion or divan.
 
 mod file;
+mod file_load;
 mod harness;
 mod memory;
 mod plugin;
@@ -51,6 +52,9 @@ fn usage() -> String {
 }
 
 fn main() -> ExitCode {
+    if let Some(dir) = std::env::var_os(file_load::CHILD_DIR) {
+        return caller_process(PathBuf::from(dir));
+    }
     let mut quick = false;
     let mut profile_secs: Option<u64> = None;
     let mut targets: Vec<&'static str> = Vec::new();
@@ -195,6 +199,23 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// A caller process of the file target's load measurement (see [`file_load`]).
+fn caller_process(dir: PathBuf) -> ExitCode {
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the tokio runtime: {e}"))
+        .and_then(|runtime| runtime.block_on(file_load::caller(dir)));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cachier-bench: a load caller failed: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

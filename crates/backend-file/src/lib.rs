@@ -88,7 +88,8 @@
 //! place and lock only the claim files they change.
 //!
 //! Removing the files still costs one `unlink` each: under load, a clear takes its own CPU time
-//! plus whatever the scheduler makes it wait for a CPU (see `tests/under_load.rs`).
+//! plus whatever the scheduler makes it wait for a CPU (`cargo xtask bench file` measures a
+//! clear while other processes call: `bench/src/file_load.rs`).
 //!
 //! # Claims across processes
 //!

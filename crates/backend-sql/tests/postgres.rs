@@ -35,9 +35,7 @@ async fn capabilities_name_the_bytea_limit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_configured_limit_is_exact() {
-    let config = Config::from_url(&support::postgres_url())
-        .unwrap()
-        .max_value_bytes(1 << 20);
+    let config = support::shared_config(&support::postgres_url()).max_value_bytes(1 << 20);
     let t = TestNamespace::new(SqlCore::connect(config).await.unwrap(), "cfg_limit");
     let key = t.key("limit::f", 1);
     t.core

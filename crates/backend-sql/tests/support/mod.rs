@@ -617,9 +617,9 @@ pub async fn child_migrates() -> bool {
     let (Ok(url), Ok(table)) = (std::env::var(CHILD_URL), std::env::var(CHILD_TABLE)) else {
         return false;
     };
-    let config = cachier_sql::Config::from_url(&url)
-        .and_then(|c| c.table(&table))
-        .expect("the parent passes a valid URL and table");
+    let config = shared_config(&url)
+        .table(&table)
+        .expect("the parent passes a valid table");
     let core = SqlCore::connect(config)
         .await
         .expect("migrating in a child process");
