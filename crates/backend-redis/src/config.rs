@@ -43,6 +43,8 @@ pub struct Config {
 
 /// What a core talks to: one server, or the nodes of a Redis Cluster.
 #[derive(Clone)]
+// Made once per config and never moved on a hot path: boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Deployment {
     /// One server (a standalone primary, or whatever a proxy or the URL points at).
     Single(redis::Client),

@@ -123,7 +123,7 @@ async fn a_killed_primary_fails_over_and_callers_keep_their_results() {
     let victim_key = key(&ns, "f", victim_args[0]);
     let takeover = loop {
         if let Ok(Some(entry)) = core.get(&victim_key).await {
-            assert_eq!(entry.value.is_some(), true, "the replica had the value");
+            assert!(entry.value.is_some(), "the replica had the value");
             break killed_at.elapsed();
         }
         assert!(
@@ -219,9 +219,9 @@ async fn a_killed_primary_fails_over_and_callers_keep_their_results() {
         started.elapsed()
     );
     assert_eq!(computations.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        cluster.primary_port_of(&entry_name(&key(&ns, "cold", cold_arg))) != victim,
-        true,
+    assert_ne!(
+        cluster.primary_port_of(&entry_name(&key(&ns, "cold", cold_arg))),
+        victim,
         "the cold key's slot is served by the promoted replica"
     );
 }

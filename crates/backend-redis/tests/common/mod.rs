@@ -156,6 +156,7 @@ pub fn admin(url: &str) -> Admin {
 }
 
 /// See [`admin`].
+#[allow(clippy::large_enum_variant)] // One per test.
 pub enum Admin {
     Single(redis::Connection),
     #[cfg(feature = "cluster")]
