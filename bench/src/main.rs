@@ -5,15 +5,18 @@
 //! concurrent callers, hit throughput under concurrency, and hit cost as the store grows.
 //!
 //! ```text
-//! cargo run --release -p cachier-bench -- [memory] [file] [redis] [s3] [plugin] [--quick]
+//! cargo run --release -p cachier-bench -- [memory] [file] [redis] [redis:cluster] [s3] [plugin] [--quick]
 //! ```
 //!
 //! (`cargo xtask bench [target...] [--quick]` runs exactly this, after building the example
-//! plugin the plugin target loads.) With no target, all five run. The table goes to the
+//! plugin the plugin target loads, and starting a throwaway Redis Cluster for redis:cluster
+//! and an S3 server for s3.) With no target, all six run. The table goes to the
 //! terminal; `target/bench/results.json`, `results.csv` and
 //! `results.md` (the README table) get the same rows. The Redis target uses
 //! `CACHIER_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`), writes under a namespace of its
-//! own and deletes everything it wrote; the s3 target likewise uses `CACHIER_TEST_S3_URL`.
+//! own and deletes everything it wrote; the redis:cluster target uses
+//! `CACHIER_TEST_REDIS_CLUSTER_URL` (a `redis+cluster://` URL) and the s3 target
+//! `CACHIER_TEST_S3_URL` the same way.
 //!
 //! The harness lives in [`harness`]: calibrated batches, variants interleaved round by round,
 //! medians with 10th/90th percentiles, and ratios taken from paired rounds. See
@@ -25,6 +28,7 @@ mod harness;
 mod memory;
 mod plugin;
 mod redis;
+mod redis_cluster;
 mod report;
 mod s3;
 mod suite;
@@ -37,7 +41,7 @@ use crate::harness::Plan;
 use crate::report::Report;
 use crate::suite::Ctx;
 
-const TARGETS: [&str; 5] = ["memory", "file", "redis", "s3", "plugin"];
+const TARGETS: [&str; 6] = ["memory", "file", "redis", "redis:cluster", "s3", "plugin"];
 
 fn usage() -> String {
     format!(
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
                 "file" => file::run(&ctx, &mut report).await,
                 "redis" => redis::run(&ctx, &mut report).await,
                 "s3" => s3::run(&ctx, &mut report).await,
+                "redis:cluster" => redis_cluster::run(&ctx, &mut report).await,
                 "plugin" => plugin::run(&ctx, &mut report).await,
                 other => Err(format!("no such target {other}")),
             }

@@ -25,7 +25,7 @@ use crate::throughput;
 const TARGET: &str = "redis";
 
 /// The entry framing of the redis backend's layout: a version byte and `stored_at`.
-const ENTRY_HEADER_LEN: usize = 9;
+pub(crate) const ENTRY_HEADER_LEN: usize = 9;
 
 /// The URL of the server to measure against.
 fn url() -> String {
@@ -34,7 +34,7 @@ fn url() -> String {
 
 /// The name of the entry of `key`, as the `cachier-redis` docs lay it out:
 /// `{namespace:escaped func:hash}`.
-fn entry_name(key: &Key) -> String {
+pub(crate) fn entry_name(key: &Key) -> String {
     let mut func = String::new();
     for c in key.func.as_str().chars() {
         match c {
@@ -58,7 +58,10 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> BenchResult<bool> {
     );
     // The raw client: the same crate, connection type and timeouts as the backend.
     let raw = ConnectionManager::new_with_config(
-        config.client().clone(),
+        config
+            .client()
+            .ok_or("the redis target needs a single-server URL")?
+            .clone(),
         ConnectionManagerConfig::new()
             .set_connection_timeout(Some(config.connect_timeout()))
             .set_response_timeout(Some(config.response_timeout())),

@@ -2,6 +2,8 @@
 //! mode. When the Redis target is selected, Redis is found or started like for the tests and its
 //! URL handed over in `CACHIER_TEST_REDIS_URL`, and likewise S3 (a `moto_server` with a bucket)
 //! in `CACHIER_TEST_S3_URL`; a throwaway server is stopped afterwards. When
+//! the redis:cluster target is selected (or none is), a Redis Cluster is found or started the
+//! same way (`CACHIER_TEST_REDIS_CLUSTER_URL`, else a throwaway one) and stopped afterwards. When
 //! the plugin target is selected, the example plugin is built in release mode first and its
 //! directory handed over in `CACHIER_BENCH_PLUGIN_DIR`.
 
@@ -31,6 +33,13 @@ pub fn bench(args: &[String]) -> Result<bool, String> {
     } else {
         None
     };
+    let wants_cluster = targets.is_empty() || targets.iter().any(|t| t.as_str() == "redis:cluster");
+    let cluster = if wants_cluster {
+        let policy = Policy { may_start: true };
+        Some(services::resolve(ServiceKind::RedisCluster, policy)?)
+    } else {
+        None
+    };
     let mut cargo = workspace::cargo();
     cargo.args(["run", "--release", "--package", "cachier-bench", "--"]);
     cargo.args(args);
@@ -45,6 +54,10 @@ pub fn bench(args: &[String]) -> Result<bool, String> {
         println!("{}", s3.describe());
         cargo.env(ServiceKind::S3.env_var(), &s3.url);
     }
+    if let Some(cluster) = &cluster {
+        println!("{}", cluster.describe());
+        cargo.env(ServiceKind::RedisCluster.env_var(), &cluster.url);
+    }
     let status = cargo
         .status()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -53,6 +66,9 @@ pub fn bench(args: &[String]) -> Result<bool, String> {
     }
     if let Some(s3) = s3 {
         s3.stop()?;
+    }
+    if let Some(cluster) = cluster {
+        cluster.stop()?;
     }
     Ok(status.success())
 }

@@ -10,17 +10,18 @@ usage: cargo xtask <command> [options]
 commands:
   test [TARGET...]        run test suites against real services (default: all)
                           targets: core macros memory file sql sql:sqlite sql:postgres
-                                   sql:mysql redis mongo s3 plugin xtask all
+                                   sql:mysql redis redis:cluster mongo s3 plugin xtask all
   ci                      fmt check, clippy -D warnings, the whole matrix, doc tests,
                           leftover check (what .ci/run runs)
-  services [SERVICE...]   find or start services (redis postgres mysql mongo s3;
+  services [SERVICE...]   find or start services (redis redis-cluster postgres mysql mongo s3;
                           default all)
                           and print their URLs; with --keep they stay up
   setup-mongo             install the nx-27017 MongoDB wire server into target/xtask/nx-venv
   setup-s3                install the moto S3 server into target/xtask/s3-venv
   bench [TARGET...] [--quick]
                           benchmarks against the raw client operations (targets: memory file
-                          redis s3 plugin; default all); tables in target/bench/results.{json,csv,md}
+                          redis redis:cluster s3 plugin; default all); tables in
+                          target/bench/results.{json,csv,md}
   help                    this text
 
 test options:
@@ -36,6 +37,8 @@ test options:
 services: CACHIER_TEST_{REDIS,POSTGRES,MYSQL,MONGO,S3}_URL name your own servers; else a server
 on the standard local port is used (not for S3); else a throwaway one is started (and stopped
 afterwards; a throwaway S3 server gets a bucket for the run).
+CACHIER_TEST_REDIS_CLUSTER_URL (redis+cluster://host:port,host:port) names a Redis Cluster;
+else a throwaway one of 3 primaries and 3 replicas is started on loopback.
 ";
 
 /// What to do.
@@ -89,7 +92,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                             .find(|k| k.name() == name)
                             .ok_or_else(|| {
                                 format!(
-                                    "unknown service {name:?}: redis, postgres, mysql, mongo or s3"
+                                    "unknown service {name:?}: redis, redis-cluster, postgres, mysql, mongo or s3"
                                 )
                             })?,
                     ),

@@ -593,7 +593,7 @@ fn write_tool_config(retries: u32) -> Result<std::path::PathBuf, String> {
          test-group = '@tool:xtask:mongo'\n\
          # The longest tests start first, so the others run beside them instead of after.\n\
          [[profile.xtask.overrides]]\n\
-         filter = 'test(=a_value_at_the_sqlite_limit_is_stored) | test(=misuse_is_a_compile_error_that_says_what_to_write)'\n\
+         filter = 'test(=a_value_at_the_sqlite_limit_is_stored) | test(=misuse_is_a_compile_error_that_says_what_to_write) | test(=a_killed_primary_fails_over_and_callers_keep_their_results)'\n\
          priority = 100\n"
     );
     std::fs::create_dir_all(workspace::xtask_dir())

@@ -6,6 +6,10 @@
 //! (`tests/{dialect}.rs` and `tests/conformance_{dialect}.rs`); `sql:X` runs the binaries whose
 //! name contains `X`, and `sql:sqlite` also runs the crate's own unit tests, which need no server. A target whose crate directory does not exist yet is reported as "not built yet",
 //! never as passed.
+//!
+//! `redis` and `redis:cluster` share the crate `cachier-redis` the same way: the test binaries
+//! whose name contains `cluster` (built with its feature `cluster`) run against a Redis Cluster
+//! and belong to `redis:cluster`; the others, and the unit tests, to `redis`.
 
 use crate::services::ServiceKind;
 use crate::workspace;
@@ -47,12 +51,17 @@ impl Target {
         let Some(filter) = self.filter else {
             return true;
         };
+        let contains = |part: &str| {
+            part.strip_prefix("binary(~")
+                .and_then(|rest| rest.strip_suffix(')'))
+                .is_some_and(|needle| name.contains(needle))
+        };
         filter.split(" | ").any(|part| match part.trim() {
             "kind(lib)" => name.is_empty(),
-            other => other
-                .strip_prefix("binary(~")
-                .and_then(|rest| rest.strip_suffix(')'))
-                .is_some_and(|needle| name.contains(needle)),
+            other => match other.strip_prefix("not ") {
+                Some(negated) => !contains(negated),
+                None => contains(other),
+            },
         })
     }
 
@@ -65,7 +74,7 @@ impl Target {
     }
 }
 
-use ServiceKind::{Mongo, Mysql, Postgres, Redis, S3};
+use ServiceKind::{Mongo, Mysql, Postgres, Redis, RedisCluster, S3};
 
 /// Every target, in the order `all` runs and the table lists them.
 pub const TARGETS: &[Target] = &[
@@ -137,9 +146,35 @@ pub const TARGETS: &[Target] = &[
         package: "cachier-redis",
         dir: "crates/backend-redis",
         features: &[],
-        filter: None,
-        cargo_test_args: &[],
+        filter: Some("not binary(~cluster)"),
+        cargo_test_args: &[
+            "--lib",
+            "--test",
+            "backend",
+            "--test",
+            "conformance",
+            "--test",
+            "cross_process",
+            "--test",
+            "private_server",
+        ],
         services: &[Redis],
+    },
+    Target {
+        name: "redis:cluster",
+        package: "cachier-redis",
+        dir: "crates/backend-redis",
+        features: &["cluster"],
+        filter: Some("binary(~cluster)"),
+        cargo_test_args: &[
+            "--test",
+            "cluster_conformance",
+            "--test",
+            "cluster_backend",
+            "--test",
+            "cluster_faults",
+        ],
+        services: &[RedisCluster],
     },
     Target {
         name: "mongo",
@@ -202,6 +237,7 @@ const GROUPS: &[(&str, &[&str])] = &[
             "sql:postgres",
             "sql:mysql",
             "redis",
+            "redis:cluster",
             "mongo",
             "s3",
             "plugin",
@@ -279,11 +315,18 @@ mod tests {
         assert_eq!(owners("cachier-sql::mysql"), ["sql:mysql"]);
         assert_eq!(owners("cachier-sql::sqlite"), ["sql:sqlite"]);
         assert_eq!(owners("cachier-redis::conformance"), ["redis"]);
+        assert_eq!(owners("cachier-redis"), ["redis"]);
+        assert_eq!(
+            owners("cachier-redis::cluster_conformance"),
+            ["redis:cluster"]
+        );
+        assert_eq!(owners("cachier-redis::cluster_faults"), ["redis:cluster"]);
         assert_eq!(owners("xtask::bin/xtask"), ["xtask"]);
         assert!(owners("cachier-unknown").is_empty());
         // Every filter is made only of the parts `owns_binary` reads.
         for target in TARGETS {
             for part in target.filter.into_iter().flat_map(|f| f.split(" | ")) {
+                let part = part.strip_prefix("not ").unwrap_or(part);
                 assert!(
                     part == "kind(lib)" || (part.starts_with("binary(~") && part.ends_with(')')),
                     "{}: owns_binary cannot read {part:?}",

@@ -33,12 +33,24 @@ pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 /// ```
 #[derive(Clone)]
 pub struct Config {
-    client: redis::Client,
+    deployment: Deployment,
     connect_timeout: Duration,
     response_timeout: Duration,
     reconnect_attempts: usize,
     scan_count: usize,
     wait_poll_interval: Duration,
+}
+
+/// What a core talks to: one server, or the nodes of a Redis Cluster.
+#[derive(Clone)]
+// Made once per config and never moved on a hot path: boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Deployment {
+    /// One server (a standalone primary, or whatever a proxy or the URL points at).
+    Single(redis::Client),
+    /// A Redis Cluster, reached through these seed nodes.
+    #[cfg(feature = "cluster")]
+    Cluster(Vec<redis::ConnectionInfo>),
 }
 
 impl Config {
@@ -67,22 +79,30 @@ impl Config {
     /// set [`Config::with_connect_timeout`] and [`Config::with_response_timeout`].
     ///
     /// The URL is never echoed in errors, since it may hold a password.
+    ///
+    /// With the feature `cluster`, `redis+cluster://` and `rediss+cluster://` (TLS) name a
+    /// Redis Cluster by some of its nodes, separated by commas:
+    /// `redis+cluster://[user][:password@]host1:port1,host2:port2[?...]` (see
+    /// [`Config::cluster`]).
     pub fn from_url(url: &str) -> Result<Self> {
         let scheme = url.split_once("://").map(|(scheme, _)| scheme);
-        match scheme {
-            Some("redis" | "rediss" | "redis+unix" | "unix") => {}
+        let mut config = match scheme {
+            Some("redis" | "rediss" | "redis+unix" | "unix") => {
+                let client = redis::Client::open(url).map_err(|e| {
+                    // The redis crate's message names the problem without repeating the URL.
+                    Error::config(format!("invalid Redis URL: {e}")).with_backend("redis")
+                })?;
+                Self::from_client(client)
+            }
+            Some("redis+cluster" | "rediss+cluster") => Self::from_cluster_url(url)?,
             _ => {
                 return Err(Error::config(
-                    "a Redis URL starts with redis://, rediss://, redis+unix:// or unix://",
+                    "a Redis URL starts with redis://, rediss://, redis+unix://, unix:// \
+                     or (Redis Cluster) redis+cluster://",
                 )
                 .with_backend("redis"));
             }
-        }
-        let client = redis::Client::open(url).map_err(|e| {
-            // The redis crate's message names the problem without repeating the URL.
-            Error::config(format!("invalid Redis URL: {e}")).with_backend("redis")
-        })?;
-        let mut config = Self::from_client(client);
+        };
         if let Some(timeout) = query_millis(url, "connect_timeout_ms")? {
             config.connect_timeout = timeout;
         }
@@ -108,14 +128,115 @@ impl Config {
         ) {
             install_tls_provider();
         }
+        Self::with_deployment(Deployment::Single(client))
+    }
+
+    fn with_deployment(deployment: Deployment) -> Self {
         Config {
-            client,
+            deployment,
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             response_timeout: Self::DEFAULT_RESPONSE_TIMEOUT,
             reconnect_attempts: Self::DEFAULT_RECONNECT_ATTEMPTS,
             scan_count: Self::DEFAULT_SCAN_COUNT,
             wait_poll_interval: Self::DEFAULT_WAIT_POLL_INTERVAL,
         }
+    }
+
+    /// A Redis Cluster, reached through some of its nodes (`redis://host:port` or
+    /// `rediss://host:port` URLs, with the same credentials if any; one reachable node is
+    /// enough, the others are found from it). Commands go to the node that owns each key's
+    /// slot and follow `MOVED`/`ASK` redirections; see [Redis Cluster](crate#redis-cluster).
+    ///
+    /// ```
+    /// use cachier_redis::Config;
+    ///
+    /// let config = Config::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])?;
+    /// assert!(config.is_cluster());
+    /// // The same as one URL, e.g. in `CACHIER_REDIS_URL`:
+    /// let config = Config::from_url("redis+cluster://10.0.0.1:7000,10.0.0.2:7000")?;
+    /// assert!(config.is_cluster());
+    /// # Ok::<(), cachier_core::Error>(())
+    /// ```
+    #[cfg(feature = "cluster")]
+    pub fn cluster<I>(nodes: I) -> Result<Self>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        use redis::IntoConnectionInfo;
+        let mut seeds = Vec::new();
+        for node in nodes {
+            let node = node.as_ref();
+            let scheme = node.split_once("://").map(|(scheme, _)| scheme);
+            if !matches!(scheme, Some("redis" | "rediss")) {
+                return Err(
+                    Error::config("a Redis Cluster node is a redis:// or rediss:// URL")
+                        .with_backend("redis"),
+                );
+            }
+            let info = node.into_connection_info().map_err(|e| {
+                Error::config(format!("invalid Redis Cluster node URL: {e}")).with_backend("redis")
+            })?;
+            if info.redis_settings().db() != 0 {
+                return Err(Error::config(
+                    "Redis Cluster has only database 0: a cluster node URL names no database",
+                )
+                .with_backend("redis"));
+            }
+            if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+                install_tls_provider();
+            }
+            seeds.push(info);
+        }
+        if seeds.is_empty() {
+            return Err(
+                Error::config("a Redis Cluster needs at least one node").with_backend("redis")
+            );
+        }
+        Ok(Self::with_deployment(Deployment::Cluster(seeds)))
+    }
+
+    /// `redis+cluster://[user][:password@]h1:p1,h2:p2[/0][?query]`: one seed URL per host.
+    #[cfg(feature = "cluster")]
+    fn from_cluster_url(url: &str) -> Result<Self> {
+        let (scheme, rest) = url.split_once("://").unwrap_or_default();
+        let node_scheme = scheme.strip_suffix("+cluster").unwrap_or("redis");
+        let rest = rest.split(['?', '#']).next().unwrap_or_default();
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        if !path.is_empty() && path != "0" {
+            return Err(
+                Error::config("invalid Redis Cluster URL: a cluster has only database 0")
+                    .with_backend("redis"),
+            );
+        }
+        let (credentials, hosts) = match authority.rsplit_once('@') {
+            Some((credentials, hosts)) => (Some(credentials), hosts),
+            None => (None, authority),
+        };
+        let nodes: Vec<String> = hosts
+            .split(',')
+            .filter(|host| !host.is_empty())
+            .map(|host| match credentials {
+                Some(credentials) => format!("{node_scheme}://{credentials}@{host}"),
+                None => format!("{node_scheme}://{host}"),
+            })
+            .collect();
+        if nodes.is_empty() {
+            return Err(
+                Error::config("invalid Redis Cluster URL: name at least one host:port")
+                    .with_backend("redis"),
+            );
+        }
+        Self::cluster(nodes)
+    }
+
+    /// Without the feature `cluster`: a clear error.
+    #[cfg(not(feature = "cluster"))]
+    fn from_cluster_url(_url: &str) -> Result<Self> {
+        Err(
+            Error::config("redis+cluster:// URLs need the feature `cluster` of cachier-redis")
+                .with_backend("redis"),
+        )
     }
 
     /// Sets the time allowed to open one connection.
@@ -150,9 +271,36 @@ impl Config {
         self
     }
 
-    /// The client connections are opened from.
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// The client connections are opened from; `None` for a Redis Cluster.
+    pub fn client(&self) -> Option<&redis::Client> {
+        match &self.deployment {
+            Deployment::Single(client) => Some(client),
+            #[cfg(feature = "cluster")]
+            Deployment::Cluster(_) => None,
+        }
+    }
+
+    /// Whether this configuration names a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        !matches!(self.deployment, Deployment::Single(_))
+    }
+
+    pub(crate) fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    /// Where the core connects, for errors and `Debug`: `host:port`, or the seed nodes of a
+    /// cluster separated by commas. Never credentials.
+    pub(crate) fn address(&self) -> String {
+        match &self.deployment {
+            Deployment::Single(client) => client.get_connection_info().addr().to_string(),
+            #[cfg(feature = "cluster")]
+            Deployment::Cluster(seeds) => seeds
+                .iter()
+                .map(|seed| seed.addr().to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        }
     }
 
     /// The time allowed to open one connection.
@@ -191,11 +339,16 @@ impl FromStr for Config {
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let info = self.client.get_connection_info();
         // The address and database only: never the credentials.
+        let db = match &self.deployment {
+            Deployment::Single(client) => client.get_connection_info().redis_settings().db(),
+            #[cfg(feature = "cluster")]
+            Deployment::Cluster(_) => 0,
+        };
         f.debug_struct("Config")
-            .field("addr", &info.addr().to_string())
-            .field("db", &info.redis_settings().db())
+            .field("cluster", &self.is_cluster())
+            .field("addr", &self.address())
+            .field("db", &db)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .field("reconnect_attempts", &self.reconnect_attempts)
@@ -248,7 +401,12 @@ mod tests {
         assert!(debug.contains("example.invalid:6390"), "{debug}");
         assert!(!debug.contains("pw"), "{debug}");
         assert_eq!(
-            config.client().get_connection_info().redis_settings().db(),
+            config
+                .client()
+                .unwrap()
+                .get_connection_info()
+                .redis_settings()
+                .db(),
             3
         );
         assert!(Config::from_url("rediss://example.invalid:6390").is_ok());
@@ -279,7 +437,12 @@ mod tests {
         assert_eq!(config.connect_timeout(), Duration::from_millis(250));
         assert_eq!(config.response_timeout(), Duration::from_secs(3));
         assert_eq!(
-            config.client().get_connection_info().redis_settings().db(),
+            config
+                .client()
+                .unwrap()
+                .get_connection_info()
+                .redis_settings()
+                .db(),
             2
         );
         for bad in ["0", "-5", "1s", ""] {
@@ -288,5 +451,37 @@ mod tests {
             assert_eq!(err.kind(), cachier_core::ErrorKind::Config, "{bad:?}");
             assert!(!err.to_string().contains("hunter2"), "{err}");
         }
+    }
+
+    #[cfg(feature = "cluster")]
+    #[test]
+    fn cluster_urls_name_their_nodes() {
+        let config = Config::from_url(
+            "redis+cluster://:hunter2@10.0.0.1:7000,10.0.0.2:7001?response_timeout_ms=2500",
+        )
+        .unwrap();
+        assert!(config.is_cluster());
+        assert!(config.client().is_none());
+        assert_eq!(config.address(), "10.0.0.1:7000,10.0.0.2:7001");
+        assert_eq!(config.response_timeout(), Duration::from_millis(2500));
+        let Deployment::Cluster(seeds) = config.deployment() else {
+            panic!("a cluster deployment");
+        };
+        assert_eq!(seeds.len(), 2);
+        assert_eq!(seeds[1].redis_settings().password(), Some("hunter2"));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(Config::from_url("rediss+cluster://10.0.0.1:7000").is_ok());
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://10.0.0.1:7000/3",
+            "redis+cluster://:hunter2@x:notaport",
+        ] {
+            let err = Config::from_url(bad).unwrap_err();
+            assert_eq!(err.kind(), cachier_core::ErrorKind::Config, "{bad:?}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        assert!(Config::cluster(["http://10.0.0.1:7000"]).is_err());
+        assert!(Config::cluster(Vec::<String>::new()).is_err());
     }
 }

@@ -12,7 +12,7 @@ use cachier_core::{
 use redis::{RedisError, Script, ServerErrorKind};
 use tracing::warn;
 
-use crate::config::Config;
+use crate::config::{Config, Deployment};
 use crate::connection::Connection;
 use crate::layout;
 use crate::wakeup::{Timeouts, Wakeups};
@@ -53,15 +53,41 @@ return 1
 ";
 
 /// Deletes the claim if its value ends with `:<token>` and announces it on the wake-up
-/// channel. Returns 1 if released.
+/// channel ARGV[2] with the command ARGV[3] (`PUBLISH`, on a cluster `SPUBLISH`, or nothing
+/// when empty). Returns 1 if released.
 const RELEASE_SCRIPT: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local sep = string.find(v, ':', 1, true)
 if not sep or string.sub(v, sep + 1) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', ARGV[2], 'release')
+if ARGV[3] ~= '' then redis.call(ARGV[3], ARGV[2], 'release') end
 return 1
+";
+
+/// On a cluster, `set` as one script instead of `MULTI`/`EXEC` (the cluster client follows
+/// `MOVED`/`ASK` for a script, not for a transaction): stores the entry KEYS[1] (with a `PX`
+/// of ARGV[2] milliseconds unless empty), deletes the claim KEYS[2], announces it on ARGV[3]
+/// with the command ARGV[4] unless empty.
+const STORE_SCRIPT: &str = r"
+if ARGV[2] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+redis.call('DEL', KEYS[2])
+if ARGV[4] ~= '' then redis.call(ARGV[4], ARGV[3], 'set') end
+return 1
+";
+
+/// On a cluster, `remove` as one script (see [`STORE_SCRIPT`]): unlinks the entry KEYS[1] and
+/// the claim KEYS[2], announces it on ARGV[1] with ARGV[2] unless empty. Returns how many
+/// entries existed.
+const REMOVE_SCRIPT: &str = r"
+local n = redis.call('UNLINK', KEYS[1])
+redis.call('DEL', KEYS[2])
+if ARGV[2] ~= '' then redis.call(ARGV[2], ARGV[1], 'remove') end
+return n
 ";
 
 /// Deletes an entry whose framing says it was stored before ARGV[1] (milliseconds). Reads
@@ -81,6 +107,59 @@ end
 return 0
 ";
 
+/// A Lua script of one key, run with `EVALSHA`, or with `EVAL` (which also caches it on that
+/// server) when the server does not know it (`NOSCRIPT`: after a restart, a failover, or on a
+/// cluster node that never ran it). Unlike `redis::Script` it never sends `SCRIPT LOAD`, which
+/// a cluster connection sends to every node, a failed one included (and then times out).
+struct LuaScript {
+    source: &'static str,
+    hash: String,
+}
+
+impl LuaScript {
+    fn new(source: &'static str) -> Self {
+        LuaScript {
+            source,
+            hash: Script::new(source).get_hash().to_owned(),
+        }
+    }
+
+    /// Runs the script; `key_and_args` adds the one key and the arguments.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        connection: &mut Connection,
+        key_and_args: impl Fn(&mut redis::Cmd),
+    ) -> redis::RedisResult<T> {
+        self.run_keys(connection, 1, key_and_args).await
+    }
+
+    /// Runs the script; `keys_and_args` adds `keys` keys and then the arguments.
+    async fn run_keys<T: redis::FromRedisValue>(
+        &self,
+        connection: &mut Connection,
+        keys: usize,
+        keys_and_args: impl Fn(&mut redis::Cmd),
+    ) -> redis::RedisResult<T> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.hash).arg(keys);
+        keys_and_args(&mut cmd);
+        match cmd.query_async(connection).await {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(ServerErrorKind::NoScript)
+                ) =>
+            {
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(self.source).arg(keys);
+                keys_and_args(&mut cmd);
+                cmd.query_async(connection).await
+            }
+            outcome => outcome,
+        }
+    }
+}
+
 /// A [`Core`] that stores entries in Redis. See the [crate docs](crate) for the layout.
 ///
 /// Cheap to share as `Arc<dyn Core>`; all calls go through one multiplexed connection that
@@ -89,21 +168,55 @@ pub struct RedisCore {
     connection: Connection,
     config: Config,
     wakeups: Wakeups,
-    claim_script: Script,
-    renew_script: Script,
-    release_script: Script,
+    /// How a wake-up is announced: `PUBLISH` on one server, `SPUBLISH` (sharded pub/sub) on a
+    /// cluster, nothing on a cluster without sharded pub/sub (waiters poll there).
+    publish: &'static str,
+    claim_script: LuaScript,
+    renew_script: LuaScript,
+    release_script: LuaScript,
+    store_script: LuaScript,
+    remove_script: LuaScript,
 }
 
 impl RedisCore {
     /// Connects and checks the server answers (`PING`). Fails with
     /// [`ErrorKind::Unavailable`] if it does not.
+    ///
+    /// On a Redis Cluster, `PING` goes to every primary, and the core asks whether the
+    /// servers have sharded pub/sub (`SPUBLISH`, Redis 7): if not, waiters poll and
+    /// [`Capabilities::native_wakeup`](cachier_core::Capabilities) is `false`.
     pub async fn connect(config: Config) -> Result<Self> {
-        let core = Self::connect_lazy(config)?;
+        #[allow(unused_mut)] // Changed only on a cluster.
+        let mut core = Self::connect_lazy(config)?;
         let mut connection = core.connection.clone();
         let _: () = redis::cmd("PING")
             .query_async(&mut connection)
             .await
             .map_err(|e| redis_error("connect", e).with_key(core.config_address()))?;
+        #[cfg(feature = "cluster")]
+        if let Deployment::Cluster(seeds) = core.config.deployment() {
+            let info: redis::Value = redis::cmd("COMMAND")
+                .arg("INFO")
+                .arg("SPUBLISH")
+                .query_async(&mut connection)
+                .await
+                .map_err(|e| redis_error("connect", e).with_key(core.config_address()))?;
+            let sharded = matches!(&info, redis::Value::Array(items)
+                if items.first().is_some_and(|item| !matches!(item, redis::Value::Nil)));
+            if !sharded {
+                warn!(
+                    "this Redis Cluster has no sharded pub/sub (SPUBLISH, Redis 7): \
+                     waiters poll instead of being woken"
+                );
+                core.publish = "";
+                core.wakeups = Wakeups::cluster(
+                    crate::connection::cluster_builder(seeds, &core.config),
+                    false,
+                    core.timeouts(),
+                )
+                .map_err(|e| redis_error("connect", e))?;
+            }
+        }
         Ok(core)
     }
 
@@ -119,22 +232,38 @@ impl RedisCore {
     /// # Panics
     ///
     /// Outside a Tokio runtime.
+    ///
+    /// A cluster core made this way assumes sharded pub/sub (Redis 7) for its wake-ups;
+    /// [`RedisCore::connect`] checks.
     pub fn connect_lazy(config: Config) -> Result<Self> {
         let connection = Connection::lazy(&config).map_err(|e| redis_error("connect", e))?;
-        let wakeups = Wakeups::new(
-            config.client().clone(),
-            Timeouts {
-                connect: config.connect_timeout(),
-                response: config.response_timeout(),
-            },
-        );
+        let timeouts = Timeouts {
+            connect: config.connect_timeout(),
+            response: config.response_timeout(),
+        };
+        let (wakeups, publish) = match config.deployment() {
+            Deployment::Single(client) => (Wakeups::new(client.clone(), timeouts), "PUBLISH"),
+            #[cfg(feature = "cluster")]
+            Deployment::Cluster(seeds) => (
+                Wakeups::cluster(
+                    crate::connection::cluster_builder(seeds, &config),
+                    true,
+                    timeouts,
+                )
+                .map_err(|e| redis_error("connect", e))?,
+                "SPUBLISH",
+            ),
+        };
         Ok(RedisCore {
             connection,
             config,
             wakeups,
-            claim_script: Script::new(CLAIM_SCRIPT),
-            renew_script: Script::new(RENEW_SCRIPT),
-            release_script: Script::new(RELEASE_SCRIPT),
+            publish,
+            claim_script: LuaScript::new(CLAIM_SCRIPT),
+            renew_script: LuaScript::new(RENEW_SCRIPT),
+            release_script: LuaScript::new(RELEASE_SCRIPT),
+            store_script: LuaScript::new(STORE_SCRIPT),
+            remove_script: LuaScript::new(REMOVE_SCRIPT),
         })
     }
 
@@ -144,11 +273,20 @@ impl RedisCore {
     }
 
     fn config_address(&self) -> String {
-        self.config
-            .client()
-            .get_connection_info()
-            .addr()
-            .to_string()
+        self.config.address()
+    }
+
+    #[cfg(feature = "cluster")]
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.config.connect_timeout(),
+            response: self.config.response_timeout(),
+        }
+    }
+
+    /// Whether this core talks to a Redis Cluster.
+    fn is_cluster(&self) -> bool {
+        self.config.is_cluster()
     }
 
     fn connection(&self) -> Connection {
@@ -169,26 +307,49 @@ impl RedisCore {
         Fut: std::future::Future<Output = Result<u64>>,
     {
         let mut connection = self.connection();
-        let mut cursor: u64 = 0;
         let mut total = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(self.config.scan_count())
-                .query_async(&mut connection)
+        // `None`: the one server. On a cluster, every primary in turn (`SCAN` is per node).
+        #[allow(unused_mut)]
+        let mut nodes: Vec<Option<(String, u16)>> = vec![None];
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = connection.as_cluster() {
+            nodes = cluster::primaries(cluster)
                 .await
-                .map_err(|e| redis_error(operation, e))?;
-            if !keys.is_empty() {
-                total += each(keys).await?;
-            }
-            if next == 0 {
-                return Ok(total);
-            }
-            cursor = next;
+                .map_err(|e| redis_error(operation, e))?
+                .into_iter()
+                .map(Some)
+                .collect();
         }
+        for node in nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(pattern)
+                    .arg("COUNT")
+                    .arg(self.config.scan_count());
+                let reply = match &node {
+                    None => scan.query_async(&mut connection).await,
+                    #[cfg(feature = "cluster")]
+                    Some((host, port)) => {
+                        cluster::query_node(&mut connection, scan, host, *port).await
+                    }
+                    #[cfg(not(feature = "cluster"))]
+                    Some(_) => unreachable!("only a cluster has nodes to walk"),
+                };
+                let (next, keys): (u64, Vec<Vec<u8>>) =
+                    reply.map_err(|e| redis_error(operation, e))?;
+                if !keys.is_empty() {
+                    total += each(keys).await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(total)
     }
 
     /// Unlinks claim keys and announces each on its wake-up channel, in one round trip.
@@ -197,11 +358,33 @@ impl RedisCore {
         if claims.is_empty() {
             return Ok(0);
         }
+        if self.is_cluster() {
+            // The claims lie in many slots: `UNLINK` is split by slot (and the counts added)
+            // by the cluster connection, and each wake-up goes to its own slot's node.
+            let removed = self.unlink(claims, operation).await?;
+            if !self.publish.is_empty() {
+                let publishes = claims.iter().filter_map(|claim| {
+                    let channel = layout::wake_channel_of_claim(claim)?;
+                    let mut connection = self.connection();
+                    Some(async move {
+                        redis::cmd(self.publish)
+                            .arg(channel)
+                            .arg("clear")
+                            .query_async::<()>(&mut connection)
+                            .await
+                    })
+                });
+                for published in futures_util::future::join_all(publishes).await {
+                    published.map_err(|e| redis_error(operation, e))?;
+                }
+            }
+            return Ok(removed);
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("UNLINK").arg(claims);
         for claim in claims {
             if let Some(channel) = layout::wake_channel_of_claim(claim) {
-                pipe.cmd("PUBLISH").arg(channel).arg("clear").ignore();
+                pipe.cmd(self.publish).arg(channel).arg("clear").ignore();
             }
         }
         let (removed,): (u64,) = pipe
@@ -252,21 +435,37 @@ impl RedisCore {
         }
         let packed = layout::pack_entry(&value, stored_at);
         let (entry_key, claim_key) = layout::entry_and_claim_keys(key);
+        // Capped far below the point where Redis refuses an expiry as out of range.
+        let expire_millis = expire_after.map(|expire| lease_millis(expire).min(1 << 52));
+        if self.is_cluster() {
+            let expire = expire_millis.map(|ms| ms.to_string()).unwrap_or_default();
+            let _: i64 = self
+                .store_script
+                .run_keys(&mut self.connection(), 2, |cmd| {
+                    cmd.arg(&entry_key)
+                        .arg(&claim_key)
+                        .arg(&packed)
+                        .arg(&expire)
+                        .arg(layout::wake_channel(key))
+                        .arg(self.publish);
+                })
+                .await
+                .map_err(|e| redis_error("set", e).with_key(key))?;
+            return Ok(());
+        }
         let mut pipe = redis::pipe();
         pipe.atomic().cmd("SET").arg(entry_key).arg(packed);
-        if let Some(expire) = expire_after {
-            // Capped far below the point where Redis refuses an expiry as out of range.
-            pipe.arg("PX").arg(lease_millis(expire).min(1 << 52));
+        if let Some(expire) = expire_millis {
+            pipe.arg("PX").arg(expire);
+        }
+        pipe.ignore().cmd("DEL").arg(claim_key).ignore();
+        if !self.publish.is_empty() {
+            pipe.cmd(self.publish)
+                .arg(layout::wake_channel(key))
+                .arg("set")
+                .ignore();
         }
         let _: () = pipe
-            .ignore()
-            .cmd("DEL")
-            .arg(claim_key)
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(layout::wake_channel(key))
-            .arg("set")
-            .ignore()
             .query_async(&mut self.connection())
             .await
             .map_err(|e| redis_error("set", e).with_key(key))?;
@@ -332,12 +531,17 @@ fn redis_error(operation: &'static str, e: RedisError) -> Error {
         redis::ErrorKind::AuthenticationFailed
         | redis::ErrorKind::Server(ServerErrorKind::NoPerm) => ErrorKind::PermissionDenied,
         redis::ErrorKind::InvalidClientConfig => ErrorKind::Config,
+        // A cluster node the slot map names has no connection (it is down or just replaced).
+        redis::ErrorKind::ClusterConnectionNotFound => ErrorKind::Unavailable,
+        // A redirection still failing after the client's retries: the topology is changing.
         redis::ErrorKind::Server(
             ServerErrorKind::BusyLoading
             | ServerErrorKind::TryAgain
             | ServerErrorKind::ClusterDown
             | ServerErrorKind::MasterDown
-            | ServerErrorKind::ReadOnly,
+            | ServerErrorKind::ReadOnly
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask,
         ) => ErrorKind::Unavailable,
         _ if e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() => {
             ErrorKind::Unavailable
@@ -362,7 +566,8 @@ impl Core for RedisCore {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             cross_process: true,
-            native_wakeup: true,
+            // A cluster without sharded pub/sub has no wake-ups: its waiters poll.
+            native_wakeup: !self.publish.is_empty(),
             persistent: true,
             max_value_bytes: Some(MAX_VALUE_BYTES),
         }
@@ -426,10 +631,11 @@ impl Core for RedisCore {
         let until = Timestamp::now().add(lease);
         let (acquired, pttl): (i64, i64) = self
             .claim_script
-            .key(layout::claim_key(key))
-            .arg(layout::claim_value(until, token.as_str()))
-            .arg(lease_millis(lease))
-            .invoke_async(&mut self.connection())
+            .run(&mut self.connection(), |cmd| {
+                cmd.arg(layout::claim_key(key))
+                    .arg(layout::claim_value(until, token.as_str()))
+                    .arg(lease_millis(lease));
+            })
             .await
             .map_err(|e| redis_error("claim", e).with_key(key))?;
         if acquired == 1 {
@@ -445,11 +651,12 @@ impl Core for RedisCore {
         let until = Timestamp::now().add(lease);
         let renewed: i64 = self
             .renew_script
-            .key(layout::claim_key(key))
-            .arg(token.as_str())
-            .arg(layout::claim_value(until, token.as_str()))
-            .arg(lease_millis(lease))
-            .invoke_async(&mut self.connection())
+            .run(&mut self.connection(), |cmd| {
+                cmd.arg(layout::claim_key(key))
+                    .arg(token.as_str())
+                    .arg(layout::claim_value(until, token.as_str()))
+                    .arg(lease_millis(lease));
+            })
             .await
             .map_err(|e| redis_error("renew", e).with_key(key))?;
         Ok(renewed == 1)
@@ -458,10 +665,12 @@ impl Core for RedisCore {
     async fn release(&self, key: &Key, token: &ClaimToken) -> Result<()> {
         let _released: i64 = self
             .release_script
-            .key(layout::claim_key(key))
-            .arg(token.as_str())
-            .arg(layout::wake_channel(key))
-            .invoke_async(&mut self.connection())
+            .run(&mut self.connection(), |cmd| {
+                cmd.arg(layout::claim_key(key))
+                    .arg(token.as_str())
+                    .arg(layout::wake_channel(key))
+                    .arg(self.publish);
+            })
             .await
             .map_err(|e| redis_error("release", e).with_key(key))?;
         Ok(())
@@ -522,17 +731,33 @@ impl Core for RedisCore {
     }
 
     async fn remove(&self, key: &Key) -> Result<bool> {
-        let (removed,): (u64,) = redis::pipe()
-            .atomic()
+        if self.is_cluster() {
+            let removed: u64 = self
+                .remove_script
+                .run_keys(&mut self.connection(), 2, |cmd| {
+                    cmd.arg(layout::entry_key(key))
+                        .arg(layout::claim_key(key))
+                        .arg(layout::wake_channel(key))
+                        .arg(self.publish);
+                })
+                .await
+                .map_err(|e| redis_error("remove", e).with_key(key))?;
+            return Ok(removed > 0);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .cmd("UNLINK")
             .arg(layout::entry_key(key))
             .cmd("DEL")
             .arg(layout::claim_key(key))
-            .ignore()
-            .cmd("PUBLISH")
-            .arg(layout::wake_channel(key))
-            .arg("remove")
-            .ignore()
+            .ignore();
+        if !self.publish.is_empty() {
+            pipe.cmd(self.publish)
+                .arg(layout::wake_channel(key))
+                .arg("remove")
+                .ignore();
+        }
+        let (removed,): (u64,) = pipe
             .query_async(&mut self.connection())
             .await
             .map_err(|e| redis_error("remove", e).with_key(key))?;
@@ -570,6 +795,26 @@ impl Core for RedisCore {
         self.scan_batches(&pattern, "delete_stale", |keys| {
             let script = &script;
             async move {
+                if self.is_cluster() {
+                    // The keys lie in many slots: one script call per key (each routed to
+                    // its slot's node, sent as `EVAL` where the node lacks it), all at once.
+                    let lua = LuaScript::new(DELETE_STALE_SCRIPT);
+                    let lua = &lua;
+                    let calls = keys.iter().map(|key| {
+                        let mut connection = self.connection();
+                        async move {
+                            lua.run::<u64>(&mut connection, |cmd| {
+                                cmd.arg(key.as_slice()).arg(stored_before.as_millis());
+                            })
+                            .await
+                        }
+                    });
+                    let mut deleted = 0;
+                    for outcome in futures_util::future::join_all(calls).await {
+                        deleted += outcome.map_err(|e| redis_error("delete_stale", e))?;
+                    }
+                    return Ok(deleted);
+                }
                 // Make sure the script is cached before `EVALSHA`s go out in a pipeline.
                 script
                     .load_async(&mut self.connection())
@@ -601,5 +846,96 @@ impl Core for RedisCore {
         })
         .await
         .map_err(|e| e.with_key(namespace))
+    }
+}
+
+/// What only a cluster needs: its primaries, and commands sent to one node.
+#[cfg(feature = "cluster")]
+mod cluster {
+    use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+    use redis::{Cmd, FromRedisValue, RedisResult};
+
+    use crate::connection::Connection;
+
+    /// The primaries that serve slots now, as `(host, port)`, from `CLUSTER NODES`: the
+    /// nodes flagged `master`, not failed, with at least one slot.
+    pub(super) async fn primaries(
+        cluster: &mut redis::cluster_async::ClusterConnection,
+    ) -> RedisResult<Vec<(String, u16)>> {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("NODES");
+        let reply = cluster
+            .route_command(cmd, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
+            .await?;
+        let text: String = redis::from_redis_value(reply)?;
+        Ok(parse_primaries(&text))
+    }
+
+    /// The serving primaries listed in a `CLUSTER NODES` reply.
+    pub(super) fn parse_primaries(nodes: &str) -> Vec<(String, u16)> {
+        let mut primaries: Vec<(String, u16)> = nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let flags = fields.get(2)?;
+                let serving = flags.split(',').any(|f| f == "master")
+                    && !flags.split(',').any(|f| f == "fail" || f == "noaddr")
+                    && fields.len() > 8;
+                if !serving {
+                    return None;
+                }
+                // `ip:port@cport[,hostname]`
+                let address = fields.get(1)?.split(['@', ',']).next()?;
+                let (host, port) = address.rsplit_once(':')?;
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                (!host.is_empty()).then(|| Some((host.to_owned(), port.parse().ok()?)))?
+            })
+            .collect();
+        primaries.sort();
+        primaries.dedup();
+        primaries
+    }
+
+    /// Sends `cmd` to the node at `host:port`.
+    pub(super) async fn query_node<T: FromRedisValue>(
+        connection: &mut Connection,
+        cmd: Cmd,
+        host: &str,
+        port: u16,
+    ) -> RedisResult<T> {
+        let cluster = connection
+            .as_cluster()
+            .expect("only a cluster core walks nodes");
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+            host: host.to_owned(),
+            port,
+        });
+        let reply = cluster.route_command(cmd, routing).await?;
+        Ok(redis::from_redis_value(reply)?)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn primaries_are_read_from_cluster_nodes() {
+            let nodes = "\
+a1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460
+b2 127.0.0.1:30002@40002,host-b master - 0 1700000000000 2 connected 5461-10922
+c3 127.0.0.1:30003@40003 master,fail - 0 0 3 disconnected 10923-16383
+d4 127.0.0.1:30004@40004 slave a1 0 0 1 connected
+e5 127.0.0.1:30005@40005 master - 0 0 5 connected
+f6 [::1]:30006@40006 master - 0 0 6 connected 10923-16383
+";
+            assert_eq!(
+                parse_primaries(nodes),
+                [
+                    ("127.0.0.1".to_owned(), 30001),
+                    ("127.0.0.1".to_owned(), 30002),
+                    ("::1".to_owned(), 30006),
+                ]
+            );
+        }
     }
 }

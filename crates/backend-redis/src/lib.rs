@@ -1,5 +1,6 @@
 //! Redis backend for cachier: memoized results shared by every process that reaches one Redis
-//! server, with at most one computation in flight per key across all of them.
+//! server (or one Redis Cluster, with the feature `cluster`), with at most one computation in
+//! flight per key across all of them.
 //!
 //! [`RedisCore`] implements [`cachier_core::Core`] on the [`redis`] crate (async, Tokio, a
 //! connection manager that reconnects by itself). [`Config`] says how to reach the server: a
@@ -64,11 +65,75 @@
 //!
 //! # Redis Cluster
 //!
-//! Not supported yet: [`RedisCore`] talks to one server (a standalone primary, or whatever a
-//! proxy or the URL points at). The layout is cluster-ready: the hash tag `{ns:func:hash}` puts
-//! an entry and its claim in one slot, so every multi-key command above (`MGET`,
-//! `MULTI`/`EXEC`, the scripts) stays within one slot. Cluster support would need a cluster
-//! client and a `SCAN` of every primary for the clearing operations.
+//! With the feature `cluster` (redis-rs `cluster-async`), the same [`RedisCore`] talks to a
+//! Redis Cluster: name some of its nodes (one reachable node is enough; the rest are found
+//! from it) and everything else stays the same.
+//!
+//! ```toml
+//! cachier-redis = { version = "0.1", features = ["cluster"] }
+//! ```
+//!
+//! ```no_run
+//! # #[cfg(feature = "cluster")]
+//! # async fn example() -> cachier_core::Result<()> {
+//! use cachier_redis::{Config, RedisCore};
+//!
+//! // As a URL (e.g. in CACHIER_REDIS_URL): `rediss+cluster://` for TLS, credentials as usual.
+//! let core = RedisCore::connect(Config::from_url(
+//!     "redis+cluster://:secret@10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000",
+//! )?)
+//! .await?;
+//! // Or from the nodes' URLs.
+//! let config = Config::cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])?;
+//! # Ok(()) }
+//! ```
+//!
+//! How each operation works on a cluster:
+//!
+//! - **Routing**: the whole entry name is the hash tag, so an entry, its claim and its wake-up
+//!   channel share one slot. A hit is still one `MGET` to the slot's primary; claims, renewals
+//!   and releases are the same Lua scripts, routed by their key. `set` and `remove` are one
+//!   script each instead of `MULTI`/`EXEC` (the cluster client follows `MOVED` and `ASK` for a
+//!   single command but not for a transaction). Scripts are sent with `EVALSHA`, and with
+//!   `EVAL` by a node that does not know them yet (a new primary after a failover, the target
+//!   of a migration), never with `SCRIPT LOAD` to every node.
+//! - **Redirections and retries**: the client follows `MOVED`/`ASK` and refreshes its slot
+//!   map. A command is retried at most 5 times, after random waits of 10 ms up to
+//!   `10 ms × 2^retry` capped at 200 ms (the `redis` crate's defaults are 16 retries of at
+//!   least 1.28 s each); the whole call, retries included, stays within
+//!   [`Config::with_response_timeout`].
+//! - **Clearing** (`clear`, `clear_claims`, `delete_stale`, `clear_namespace`): `SCAN` walks
+//!   one node, so the core lists the serving primaries (`CLUSTER NODES`) and scans each in
+//!   turn; keys found are unlinked per slot. A slot that moves during a clear may be missed
+//!   or counted twice; run it again.
+//! - **Wake-ups** use sharded pub/sub: `SPUBLISH` where a claim ends, `SSUBSCRIBE` on one RESP3
+//!   cluster connection per core, which the `redis` crate keeps subscribed across reconnections.
+//!   When a slot moves, the server ends its subscriptions and the core subscribes again at the
+//!   new owner. Sharded pub/sub needs Redis 7: on an older cluster [`RedisCore::connect`] sees
+//!   that `SPUBLISH` is missing, waiters poll (5 ms doubling to 200 ms, and at the claim's
+//!   expiry), and [`Capabilities::native_wakeup`](cachier_core::Capabilities) is `false`.
+//!   [`RedisCore::connect_lazy`] cannot ask and assumes Redis 7.
+//!
+//! What happens when the cluster changes (measured on a private cluster of 3 primaries and 3
+//! replicas on loopback, `cluster-node-timeout` 1.5 s, see `tests/cluster_faults.rs`):
+//!
+//! - **A primary dies**: calls for its slots fail as [`ErrorKind::Unavailable`] until a
+//!   replica is promoted (about 3 s: the node timeout, then the election), and the front end
+//!   computes meanwhile (fail-open; every caller got its value). Keys on the other primaries
+//!   answered throughout. Set `cluster-require-full-coverage no` on the servers, or the whole
+//!   cluster refuses commands while any slot is uncovered. In the first seconds after a
+//!   failover, a burst of requests on an existing core has been seen to wait out the response
+//!   timeout (the cluster client's recovery); those calls fail open too, and a new core had no
+//!   such wait.
+//! - **A slot migrates** (`redis-cli --cluster reshard`): a claim moves with its slot, a
+//!   holder's `set` follows `MOVED`, and a waiter subscribed at the old owner is subscribed
+//!   again at the new one: it got the holder's value about 2 ms after the holder finished, and
+//!   the function ran once.
+//!
+//! Not supported on a cluster: database numbers other than 0 (a cluster has only database 0),
+//! reading from replicas (every read goes to the slot's primary, so a hit never sees a stale
+//! replica), custom TLS roots or client certificates ([`Config::from_client`] is for one server;
+//! `rediss+cluster://` uses the system's roots), and `redis+unix://` nodes.
 //!
 //! # Durability and limits
 //!

@@ -14,6 +14,14 @@
 //! Subscribe and unsubscribe commands are queued under the lock of the channel table, so the
 //! server sees them in the order the table changed: a channel left and re-entered ends up
 //! subscribed.
+//!
+//! On a Redis Cluster (feature `cluster`) the channels are sharded (`SSUBSCRIBE`, Redis 7):
+//! a channel lives on the node that owns its slot, which is the slot of the key it announces
+//! (the hash tag is shared). The background task keeps one cluster connection in RESP3 whose
+//! pushes arrive in a callback that bumps the counters; the `redis` crate routes each
+//! `SSUBSCRIBE` to the slot's owner and subscribes again after a reconnection. When a slot
+//! moves, the server ends its subscriptions with `SUNSUBSCRIBE`; the task subscribes again
+//! (now at the new owner) for every channel that still has waiters, and bumps them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +71,43 @@ impl Shared {
     }
 }
 
+fn new_shared() -> Arc<Shared> {
+    Arc::new(Shared {
+        channels: Mutex::new(HashMap::new()),
+        connected: AtomicBool::new(false),
+    })
+}
+
+#[cfg(feature = "cluster")]
+impl Shared {
+    /// A push from the cluster connection (called on the `redis` crate's task).
+    fn on_push(&self, push: redis::PushInfo, lost: &mpsc::UnboundedSender<String>) {
+        let channel = || match push.data.first() {
+            Some(redis::Value::BulkString(bytes)) => std::str::from_utf8(bytes).ok(),
+            _ => None,
+        };
+        match push.kind {
+            redis::PushKind::SMessage | redis::PushKind::SSubscribe => {
+                if let Some(channel) = channel() {
+                    self.bump(channel);
+                }
+            }
+            redis::PushKind::SUnsubscribe => {
+                // Our own unsubscribe (no waiter left), or the server's when the slot moved.
+                if let Some(channel) = channel()
+                    && self.channels().contains_key(channel)
+                {
+                    let _ = lost.send(channel.to_owned());
+                    self.bump(channel);
+                }
+            }
+            // A node connection dropped: wake-ups sent meanwhile may be lost; waiters re-read.
+            redis::PushKind::Disconnection => self.bump_all(),
+            _ => {}
+        }
+    }
+}
+
 /// Timeouts the background task uses.
 #[derive(Clone, Copy)]
 pub(crate) struct Timeouts {
@@ -70,9 +115,27 @@ pub(crate) struct Timeouts {
     pub(crate) response: Duration,
 }
 
+/// Where wake-ups come from.
+// Made once per core and never moved on a hot path: boxing the larger variant buys nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Source {
+    /// Plain pub/sub on one server.
+    Single(redis::Client),
+    /// Sharded pub/sub on a cluster: a client whose pushes go to the shared table, and the
+    /// channels whose subscription the server ended (a slot moved), to subscribe again.
+    #[cfg(feature = "cluster")]
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        lost: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    },
+    /// No wake-ups (a cluster without sharded pub/sub): waiters poll.
+    #[cfg(feature = "cluster")]
+    Polling,
+}
+
 /// The wake-up service of one core.
 pub(crate) struct Wakeups {
-    client: redis::Client,
+    source: Source,
     timeouts: Timeouts,
     shared: Arc<Shared>,
     commands: Mutex<Option<mpsc::UnboundedSender<Command>>>,
@@ -80,15 +143,47 @@ pub(crate) struct Wakeups {
 
 impl Wakeups {
     pub(crate) fn new(client: redis::Client, timeouts: Timeouts) -> Self {
+        Self::with_source(Source::Single(client), new_shared(), timeouts)
+    }
+
+    fn with_source(source: Source, shared: Arc<Shared>, timeouts: Timeouts) -> Self {
         Wakeups {
-            client,
+            source,
             timeouts,
-            shared: Arc::new(Shared {
-                channels: Mutex::new(HashMap::new()),
-                connected: AtomicBool::new(false),
-            }),
+            shared,
             commands: Mutex::new(None),
         }
+    }
+
+    /// Sharded wake-ups on the cluster `builder` reaches (its timeouts already set), or, when
+    /// `sharded` is false, none: every waiter polls.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn cluster(
+        builder: redis::cluster::ClusterClientBuilder,
+        sharded: bool,
+        timeouts: Timeouts,
+    ) -> redis::RedisResult<Self> {
+        let shared = new_shared();
+        if !sharded {
+            return Ok(Self::with_source(Source::Polling, shared, timeouts));
+        }
+        let (lost_sender, lost) = mpsc::unbounded_channel();
+        let pushes = shared.clone();
+        let client = builder
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(move |push: redis::PushInfo| {
+                pushes.on_push(push, &lost_sender);
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .build()?;
+        Ok(Self::with_source(
+            Source::Cluster {
+                client,
+                lost: Mutex::new(Some(lost)),
+            },
+            shared,
+            timeouts,
+        ))
     }
 
     /// The command queue of the background task, starting the task on the current runtime if
@@ -99,12 +194,32 @@ impl Wakeups {
             return sender.clone();
         }
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(run(
-            self.client.clone(),
-            self.timeouts,
-            self.shared.clone(),
-            receiver,
-        ));
+        match &self.source {
+            Source::Single(client) => {
+                tokio::spawn(run(
+                    client.clone(),
+                    self.timeouts,
+                    self.shared.clone(),
+                    receiver,
+                ));
+            }
+            #[cfg(feature = "cluster")]
+            Source::Cluster { client, lost } => {
+                let lost = lost.lock().unwrap_or_else(|e| e.into_inner()).take();
+                tokio::spawn(run_cluster(
+                    client.clone(),
+                    self.timeouts,
+                    self.shared.clone(),
+                    receiver,
+                    lost,
+                ));
+            }
+            #[cfg(feature = "cluster")]
+            Source::Polling => {
+                // Nothing to connect to: every subscription stays unconfirmed.
+                tokio::spawn(refuse_all(receiver));
+            }
+        }
         *slot = Some(sender.clone());
         sender
     }
@@ -269,4 +384,103 @@ async fn run(
 
 fn confirmed(result: Result<redis::RedisResult<()>, tokio::time::error::Elapsed>) -> bool {
     matches!(result, Ok(Ok(())))
+}
+
+/// The background task on a cluster: opens the RESP3 cluster connection (retrying with a
+/// backoff), then serves the command queue and subscribes again to the channels whose
+/// subscription the server ended. Messages arrive through the push callback
+/// ([`Shared::on_push`]); the `redis` crate reconnects and re-subscribes by itself.
+#[cfg(feature = "cluster")]
+async fn run_cluster(
+    client: redis::cluster::ClusterClient,
+    timeouts: Timeouts,
+    shared: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    mut lost: Option<mpsc::UnboundedReceiver<String>>,
+) {
+    const BACKOFF_START: Duration = Duration::from_millis(50);
+    const BACKOFF_MAX: Duration = Duration::from_secs(2);
+    let mut backoff = Duration::ZERO;
+    let mut connection = loop {
+        let retry_at = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(retry_at) => break,
+                command = commands.recv() => match command {
+                    None => return,
+                    Some(Command::Subscribe(_, ack)) => { let _ = ack.send(false); }
+                    Some(Command::Unsubscribe(_)) => {}
+                },
+            }
+        }
+        match tokio::time::timeout(timeouts.connect, client.get_async_connection()).await {
+            Ok(Ok(connection)) => break connection,
+            Ok(Err(e)) => {
+                warn!(error = %e, "redis cluster wake-up connection failed; waiters poll meanwhile");
+            }
+            Err(_) => warn!("redis cluster wake-up connection timed out; waiters poll meanwhile"),
+        }
+        backoff = (backoff * 2).clamp(BACKOFF_START, BACKOFF_MAX);
+    };
+    let wanted: Vec<String> = shared.channels().keys().cloned().collect();
+    for channel in &wanted {
+        let _ = tokio::time::timeout(timeouts.response, connection.ssubscribe(channel)).await;
+    }
+    debug!(
+        channels = wanted.len(),
+        "redis cluster wake-up connection open"
+    );
+    shared.connected.store(true, Ordering::Release);
+    shared.bump_all();
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                None => return,
+                Some(Command::Subscribe(channel, ack)) => {
+                    let ok = confirmed(
+                        tokio::time::timeout(timeouts.response, connection.ssubscribe(&channel))
+                            .await,
+                    );
+                    let _ = ack.send(ok);
+                }
+                Some(Command::Unsubscribe(channel)) => {
+                    let _ = tokio::time::timeout(
+                        timeouts.response,
+                        connection.sunsubscribe(&channel),
+                    )
+                    .await;
+                }
+            },
+            Some(channel) = next_lost(&mut lost) => {
+                if shared.channels().contains_key(&channel) {
+                    debug!(%channel, "sharded subscription ended by the server; subscribing again");
+                    let _ = tokio::time::timeout(
+                        timeouts.response,
+                        connection.ssubscribe(&channel),
+                    )
+                    .await;
+                    shared.bump(&channel);
+                }
+            }
+        }
+    }
+}
+
+/// The next channel to subscribe again, or never when there is no such queue.
+#[cfg(feature = "cluster")]
+async fn next_lost(lost: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
+    match lost {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The task of a core without wake-ups: every subscription is refused, so waiters poll.
+#[cfg(feature = "cluster")]
+async fn refuse_all(mut commands: mpsc::UnboundedReceiver<Command>) {
+    while let Some(command) = commands.recv().await {
+        if let Command::Subscribe(_, ack) = command {
+            let _ = ack.send(false);
+        }
+    }
 }

@@ -1,5 +1,5 @@
-//! The servers the backend suites run against: Redis, PostgreSQL, MariaDB/MySQL, a MongoDB
-//! wire-protocol server and an S3-compatible server.
+//! The servers the backend suites run against: Redis, a Redis Cluster, PostgreSQL,
+//! MariaDB/MySQL, a MongoDB wire-protocol server and an S3-compatible server.
 //!
 //! [`resolve`] finds one server per [`ServiceKind`], in this order:
 //!
@@ -12,7 +12,10 @@
 //!    directory. It is stopped, and its directory removed, when the [`Service`] is dropped,
 //!    unless it is kept ([`Service::keep`]). A throwaway S3 server gets a bucket for the run.
 //!
-//! Each service module (`redis`, `postgres`, `mysql`, `mongo`, `s3`) has the same four parts: the
+//! A Redis Cluster has no standard port: it comes from `CACHIER_TEST_REDIS_CLUSTER_URL` or is
+//! a throwaway cluster of six nodes (see [`redis_cluster`]).
+//!
+//! Each service module (`redis`, `redis_cluster`, `postgres`, `mysql`, `mongo`, `s3`) has the same four parts: the
 //! standard URL, a protocol probe, how to start a throwaway server, and a listing of the test
 //! namespaces it holds (for the leftover check, see `crate::leftovers`).
 
@@ -21,6 +24,7 @@ pub mod mongo;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
+pub mod redis_cluster;
 pub mod s3;
 mod url;
 
@@ -41,6 +45,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ServiceKind {
     Redis,
+    RedisCluster,
     Postgres,
     Mysql,
     Mongo,
@@ -49,8 +54,9 @@ pub enum ServiceKind {
 
 impl ServiceKind {
     /// Every service, in the order they are started and reported.
-    pub const ALL: [ServiceKind; 5] = [
+    pub const ALL: [ServiceKind; 6] = [
         Self::Redis,
+        Self::RedisCluster,
         Self::Postgres,
         Self::Mysql,
         Self::Mongo,
@@ -61,6 +67,7 @@ impl ServiceKind {
     pub fn name(self) -> &'static str {
         match self {
             Self::Redis => "redis",
+            Self::RedisCluster => "redis-cluster",
             Self::Postgres => "postgres",
             Self::Mysql => "mysql",
             Self::Mongo => "mongo",
@@ -72,6 +79,7 @@ impl ServiceKind {
     pub fn env_var(self) -> &'static str {
         match self {
             Self::Redis => "CACHIER_TEST_REDIS_URL",
+            Self::RedisCluster => "CACHIER_TEST_REDIS_CLUSTER_URL",
             Self::Postgres => "CACHIER_TEST_POSTGRES_URL",
             Self::Mysql => "CACHIER_TEST_MYSQL_URL",
             Self::Mongo => "CACHIER_TEST_MONGO_URL",
@@ -79,10 +87,11 @@ impl ServiceKind {
         }
     }
 
-    /// The port the service listens on by convention.
+    /// The port the service listens on by convention (a Redis Cluster has none: it is never
+    /// looked for on a standard port, and its URLs always name their ports).
     pub fn standard_port(self) -> u16 {
         match self {
-            Self::Redis => 6379,
+            Self::Redis | Self::RedisCluster => 6379,
             Self::Postgres => 5432,
             Self::Mysql => 3306,
             Self::Mongo => 27017,
@@ -95,6 +104,7 @@ impl ServiceKind {
     pub fn local_url(self, port: u16) -> String {
         match self {
             Self::Redis => redis::local_url(port),
+            Self::RedisCluster => format!("redis+cluster://127.0.0.1:{port}"),
             Self::Postgres => postgres::local_url(port),
             Self::Mysql => mysql::local_url(port),
             Self::Mongo => mongo::local_url(port),
@@ -106,6 +116,7 @@ impl ServiceKind {
     pub fn probe(self, addr: SocketAddr) -> Result<(), String> {
         match self {
             Self::Redis => redis::probe(addr),
+            Self::RedisCluster => redis_cluster::probe(addr),
             Self::Postgres => postgres::probe(addr),
             Self::Mysql => mysql::probe(addr),
             Self::Mongo => mongo::probe(addr),
@@ -117,6 +128,7 @@ impl ServiceKind {
     pub fn test_namespaces(self, url: &str) -> Result<Vec<String>, String> {
         match self {
             Self::Redis => redis::test_namespaces(url),
+            Self::RedisCluster => redis_cluster::test_namespaces(url),
             Self::Postgres => postgres::test_namespaces(url),
             Self::Mysql => mysql::test_namespaces(url),
             Self::Mongo => mongo::test_namespaces(url),
@@ -137,6 +149,7 @@ impl ServiceKind {
         }
         match self {
             Self::Redis => redis::remove_namespaces(url, &names),
+            Self::RedisCluster => redis_cluster::remove_namespaces(url, &names),
             Self::Postgres => postgres::remove_namespaces(url, &names),
             Self::Mysql => mysql::remove_namespaces(url, &names),
             Self::Mongo => mongo::remove_namespaces(url, &names),
@@ -149,6 +162,8 @@ impl ServiceKind {
         let dir = process::temp_dir(self.name())?;
         let launched = match self {
             Self::Redis => redis::launch(port, &dir),
+            // Six nodes on ports of their own.
+            Self::RedisCluster => redis_cluster::launch(&dir),
             Self::Postgres => postgres::launch(port, &dir),
             Self::Mysql => mysql::launch(port, &dir),
             Self::Mongo => mongo::launch(port, &dir),
@@ -208,6 +223,8 @@ pub struct Launch {
     pub pid_file: Option<PathBuf>,
     /// The signal that asks the server to shut down cleanly.
     pub stop_signal: &'static str,
+    /// More processes of the same service (the other nodes of a cluster), stopped with it.
+    pub others: Vec<Child>,
 }
 
 /// Where a resolved service came from.
@@ -243,12 +260,18 @@ impl Service {
     pub fn keep(mut self) -> Option<String> {
         self.kept = true;
         match &self.origin {
-            Origin::Throwaway(launch) => Some(format!(
-                "kill -{} {} && rm -rf {}",
-                launch.stop_signal,
-                server_pid(launch),
-                launch.dir.display()
-            )),
+            Origin::Throwaway(launch) => {
+                let pids: Vec<String> = std::iter::once(server_pid(launch))
+                    .chain(launch.others.iter().map(Child::id))
+                    .map(|pid| pid.to_string())
+                    .collect();
+                Some(format!(
+                    "kill -{} {} && rm -rf {}",
+                    launch.stop_signal,
+                    pids.join(" "),
+                    launch.dir.display()
+                ))
+            }
             _ => None,
         }
     }
@@ -268,12 +291,25 @@ impl Service {
         }
         let pid = server_pid(launch);
         process::signal(pid, launch.stop_signal);
-        let stopped = if pid == launch.child.id() {
-            process::wait_exit(&mut launch.child, Duration::from_secs(20))
-        } else {
-            process::wait_pid_gone(pid, Duration::from_secs(20))
-                && process::wait_exit(&mut launch.child, Duration::from_secs(5))
-        };
+        // The other processes (cluster nodes) are asked at the same time and waited for.
+        for other in &launch.others {
+            process::signal(other.id(), launch.stop_signal);
+        }
+        let mut others_stopped = true;
+        for other in &mut launch.others {
+            if !process::wait_exit(other, Duration::from_secs(20)) {
+                let _ = other.kill();
+                let _ = other.wait();
+                others_stopped = false;
+            }
+        }
+        let stopped = others_stopped
+            && if pid == launch.child.id() {
+                process::wait_exit(&mut launch.child, Duration::from_secs(20))
+            } else {
+                process::wait_pid_gone(pid, Duration::from_secs(20))
+                    && process::wait_exit(&mut launch.child, Duration::from_secs(5))
+            };
         if !stopped {
             process::signal(pid, "KILL");
             let _ = launch.child.kill();
@@ -318,6 +354,9 @@ pub struct Policy {
 
 /// Finds a server of `kind` (see the module docs).
 pub fn resolve(kind: ServiceKind, policy: Policy) -> Result<Service, String> {
+    if kind == ServiceKind::RedisCluster {
+        return resolve_cluster(policy);
+    }
     let ready = |url: String, origin| Service {
         kind,
         url,
@@ -360,6 +399,51 @@ pub fn resolve(kind: ServiceKind, policy: Policy) -> Result<Service, String> {
     if kind == ServiceKind::S3 {
         s3::create_bucket(&service.url)?;
     }
+    Ok(service)
+}
+
+/// A Redis Cluster: the one in `CACHIER_TEST_REDIS_CLUSTER_URL` (which must answer), else a
+/// throwaway one (there is no standard port to look at).
+fn resolve_cluster(policy: Policy) -> Result<Service, String> {
+    let kind = ServiceKind::RedisCluster;
+    if let Some(url) = std::env::var(kind.env_var())
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    {
+        redis_cluster::probe_url(&url).map_err(|e| {
+            format!(
+                "{} is set to {url}, but no Redis Cluster answers there: {e}",
+                kind.env_var()
+            )
+        })?;
+        return Ok(Service {
+            kind,
+            url,
+            origin: Origin::Environment,
+            kept: false,
+        });
+    }
+    if !policy.may_start {
+        return Err(format!(
+            "no Redis Cluster: set {} (redis+cluster://host:port,host:port)",
+            kind.env_var()
+        ));
+    }
+    resolve_cluster_throwaway()
+}
+
+/// Starts a throwaway Redis Cluster and waits until it is ready; stops it again on failure.
+pub(crate) fn resolve_cluster_throwaway() -> Result<Service, String> {
+    let kind = ServiceKind::RedisCluster;
+    let launch = kind.launch(0)?;
+    let service = Service {
+        kind,
+        url: launch.url.clone(),
+        origin: Origin::Throwaway(launch),
+        kept: false,
+    };
+    // On failure the service is dropped here, which stops every node.
+    redis_cluster::wait_ready(&service.url, kind.startup_limit())?;
     Ok(service)
 }
 

@@ -134,6 +134,7 @@ pub fn launch(port: u16, dir: &Path) -> Result<Launch, String> {
         log,
         pid_file: Some(data.join("postmaster.pid")),
         stop_signal: "INT",
+        others: Vec::new(),
     })
 }
 

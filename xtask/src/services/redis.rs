@@ -46,6 +46,7 @@ pub fn launch(port: u16, dir: &Path) -> Result<Launch, String> {
         log,
         pid_file: None,
         stop_signal: "TERM",
+        others: Vec::new(),
     })
 }
 
@@ -87,6 +88,31 @@ pub fn test_namespaces(url: &str) -> Result<Vec<String>, String> {
 
 /// Unlinks every key of the given test namespaces.
 pub fn remove_namespaces(url: &str, names: &[String]) -> Result<(), String> {
+    let (mut conn, doomed) = keys_of_namespaces(url, names)?;
+    for batch in doomed.chunks(500) {
+        let mut args = vec!["UNLINK"];
+        args.extend(batch.iter().map(String::as_str));
+        if let Reply::Error(e) = conn.call(&args)? {
+            return Err(format!("redis refused UNLINK: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// Unlinks every key of the given test namespaces one key per command: on a Redis Cluster
+/// node, where keys of different slots cannot share a command.
+pub fn remove_namespaces_key_by_key(url: &str, names: &[String]) -> Result<(), String> {
+    let (mut conn, doomed) = keys_of_namespaces(url, names)?;
+    for key in &doomed {
+        if let Reply::Error(e) = conn.call(&["UNLINK", key])? {
+            return Err(format!("redis refused UNLINK: {e}"));
+        }
+    }
+    Ok(())
+}
+
+/// A connection to the server at `url` and the keys on it of the given test namespaces.
+fn keys_of_namespaces(url: &str, names: &[String]) -> Result<(Connection, Vec<String>), String> {
     let parsed = ServiceUrl::parse(url, 6379)?;
     let mut conn = Connection::open(parsed.socket_addr()?)?;
     if let Some(password) = &parsed.password {
@@ -116,17 +142,9 @@ pub fn remove_namespaces(url: &str, names: &[String]) -> Result<(), String> {
         }
         cursor = next;
         if cursor == "0" {
-            break;
+            return Ok((conn, doomed));
         }
     }
-    for batch in doomed.chunks(500) {
-        let mut args = vec!["UNLINK"];
-        args.extend(batch.iter().map(String::as_str));
-        if let Reply::Error(e) = conn.call(&args)? {
-            return Err(format!("redis refused UNLINK: {e}"));
-        }
-    }
-    Ok(())
 }
 
 /// The test namespace a key belongs to: the part before the first `:`, without the hash-tag
@@ -146,7 +164,7 @@ fn expect_ok(reply: Reply, what: &str) -> Result<(), String> {
 
 /// A RESP2 reply.
 #[derive(Debug, PartialEq)]
-enum Reply {
+pub(super) enum Reply {
     Status(String),
     Error(String),
     Integer(i64),
@@ -155,13 +173,13 @@ enum Reply {
 }
 
 /// One blocking RESP connection.
-struct Connection {
+pub(super) struct Connection {
     writer: TcpStream,
     reader: BufReader<TcpStream>,
 }
 
 impl Connection {
-    fn open(addr: SocketAddr) -> Result<Connection, String> {
+    pub(super) fn open(addr: SocketAddr) -> Result<Connection, String> {
         let stream = connect(addr)?;
         let reader = stream
             .try_clone()
@@ -172,7 +190,7 @@ impl Connection {
         })
     }
 
-    fn call(&mut self, args: &[&str]) -> Result<Reply, String> {
+    pub(super) fn call(&mut self, args: &[&str]) -> Result<Reply, String> {
         let mut request = format!("*{}\r\n", args.len()).into_bytes();
         for arg in args {
             request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());

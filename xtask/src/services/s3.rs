@@ -250,6 +250,7 @@ pub fn launch(port: u16, dir: &Path) -> Result<Launch, String> {
         log,
         pid_file: None,
         stop_signal: "TERM",
+        others: Vec::new(),
     })
 }
 

@@ -4,6 +4,9 @@
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -56,6 +59,15 @@ impl NamespaceGuard {
 
 impl Drop for NamespaceGuard {
     fn drop(&mut self) {
+        #[cfg(feature = "cluster")]
+        if cluster::is_cluster_url(&self.url) {
+            let pattern = format!("{{{}:*", self.namespace.as_str());
+            let keys = cluster::scan_cluster(&self.url, &pattern);
+            if let Err(e) = cluster::unlink_on_nodes(&keys) {
+                eprintln!("cleanup of namespace {} failed: {e}", self.namespace);
+            }
+            return;
+        }
         let keys = scan_namespace(&self.url, &self.namespace);
         if keys.is_empty() {
             return;
@@ -70,6 +82,14 @@ impl Drop for NamespaceGuard {
 }
 
 fn scan_namespace(url: &str, namespace: &Namespace) -> Vec<Vec<u8>> {
+    #[cfg(feature = "cluster")]
+    if cluster::is_cluster_url(url) {
+        let pattern = format!("{{{}:*", namespace.as_str());
+        return cluster::scan_cluster(url, &pattern)
+            .into_iter()
+            .map(|(_, key)| key)
+            .collect();
+    }
     let Ok(mut conn) = redis::Client::open(url)
         .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
     else {
@@ -121,11 +141,75 @@ pub async fn core_at(url: &str) -> Arc<RedisCore> {
     )
 }
 
-/// A synchronous admin connection for checks behind the core's back.
-pub fn admin(url: &str) -> redis::Connection {
-    redis::Client::open(url)
-        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
-        .expect("admin connection to the test Redis server")
+/// A synchronous admin connection for checks behind the core's back: to the server, or (for
+/// a `redis+cluster://` URL) to the cluster, routing each command by its key.
+pub fn admin(url: &str) -> Admin {
+    #[cfg(feature = "cluster")]
+    if cluster::is_cluster_url(url) {
+        return Admin::Cluster(cluster::admin_cluster(url));
+    }
+    Admin::Single(
+        redis::Client::open(url)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .expect("admin connection to the test Redis server"),
+    )
+}
+
+/// See [`admin`].
+#[allow(clippy::large_enum_variant)] // One per test.
+pub enum Admin {
+    Single(redis::Connection),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster::ClusterConnection),
+}
+
+impl Admin {
+    fn inner(&mut self) -> &mut dyn redis::ConnectionLike {
+        match self {
+            Admin::Single(c) => c,
+            #[cfg(feature = "cluster")]
+            Admin::Cluster(c) => c,
+        }
+    }
+
+    fn inner_ref(&self) -> &dyn redis::ConnectionLike {
+        match self {
+            Admin::Single(c) => c,
+            #[cfg(feature = "cluster")]
+            Admin::Cluster(c) => c,
+        }
+    }
+}
+
+impl redis::ConnectionLike for Admin {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        self.inner().req_packed_command(cmd)
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        self.inner().req_packed_commands(cmd, offset, count)
+    }
+
+    fn req_command(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        self.inner().req_command(cmd)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner_ref().get_db()
+    }
+
+    fn check_connection(&mut self) -> bool {
+        self.inner().check_connection()
+    }
+
+    fn is_open(&self) -> bool {
+        self.inner_ref().is_open()
+    }
 }
 
 /// A throwaway `redis-server` on a free port in a temporary directory, with persistence off,
@@ -305,7 +389,7 @@ impl Outage for OutageServer {
 
 /// Runs blocking work from async code without stalling the runtime's other tasks where the
 /// runtime allows it (a multi-threaded one).
-fn blocking<T>(work: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(work: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(work)
