@@ -6,6 +6,7 @@ use cachier_core::{Cachier, cachier};
 
 static CACHE: LazyLock<Cachier> = LazyLock::new(|| unreachable!("never called"));
 
+#[derive(Clone)]
 struct Rate(f64);
 
 #[cachier(cache = CACHE)]
