@@ -149,7 +149,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> BenchResult<bool> {
             TARGET,
             &format!("hit 100 B, {} entries", count_label(n)),
             &series,
-            &[(2, 3.0)],
+            &[(2, 1.5)],
             &format!("lookups cycle over {} random stored keys", probe.len()),
         );
     }
@@ -191,7 +191,7 @@ async fn hit_case<T: Payload>(
         TARGET,
         &format!("hit {label} {}", T::NAME),
         &series,
-        &[(2, 3.0)],
+        &[(2, 1.5)],
         "key: a u64 argument",
     );
     if size == 100 && T::NAME == "Vec<u8>" {
