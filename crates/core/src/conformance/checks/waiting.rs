@@ -246,29 +246,30 @@ pub async fn lease_renewed_while_computing(h: &Harness) -> Outcome {
     let s = h.scope().await;
     let f = s
         .builder()
-        .lease(Duration::from_millis(2000))
+        .lease(Duration::from_millis(4000))
         .build()
         .function(func_id("f"));
     let runs = counter();
     let (f1, r1) = (f.clone(), runs.clone());
     let holder = tokio::spawn(async move {
         f1.call(&1u8, move || async move {
-            tokio::time::sleep(Duration::from_millis(5000)).await;
+            tokio::time::sleep(Duration::from_millis(9000)).await;
             r1.fetch_add(1, SeqCst);
             1u64
         })
         .await
         .expect("call")
     });
-    // Past the first lease: only renewals keep the claim now.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // Past the first lease: only renewals keep the claim now. (A 4 s lease leaves a renewal
+    // well over a second to land on a slow server: 2 s was lost once on a loaded machine.)
+    tokio::time::sleep(Duration::from_millis(5000)).await;
     let other = crate::Cachier::builder(h.core().await)
         .with_namespace(s.namespace.clone())
-        .lease(Duration::from_millis(2000))
+        .lease(Duration::from_millis(4000))
         .build()
         .function(func_id("f"));
     let r2 = runs.clone();
-    h.step("calling f on another core while a caller computes, renewing its 2 s lease");
+    h.step("calling f on another core while a caller computes, renewing its 4 s lease");
     let v: u64 = other
         .call(&1u8, move || async move {
             r2.fetch_add(1, SeqCst);
