@@ -1,6 +1,7 @@
 //! The [`Core`] trait: what every storage backend implements.
 
 use std::fmt;
+use std::sync::Weak;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -150,6 +151,48 @@ pub struct Usage {
     pub bytes: Option<u64>,
 }
 
+/// A change to stored values that a backend reports to a [`Watcher`] (see [`Core::watch`]).
+/// Claims are not values: taking, renewing or releasing one is not a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change<'a> {
+    /// The value under this key was stored, replaced, removed, expired or evicted.
+    Entry(&'a Key),
+    /// Any value of this function of the watched namespace may have changed (`clear`,
+    /// `delete_stale`).
+    Function(&'a FuncId),
+    /// Any value of the watched namespace may have changed (`clear_namespace`, a flush of the
+    /// store).
+    Namespace,
+    /// Reports may have been missed (the notification channel was lost, the server restarted):
+    /// anything may have changed, and no report can be relied on until [`Change::Resumed`].
+    Lost,
+    /// Reports are delivered again: after [`Change::Lost`], and once when watching starts on a
+    /// backend that reports [`Watching::Asynchronous`]ly. Anything before may have changed.
+    Resumed,
+}
+
+/// Receives a backend's reports of changes (see [`Core::watch`]). Called from the backend's own
+/// tasks, or from inside the operation that made the change: it must return quickly and must
+/// not call the backend.
+pub trait Watcher: Send + Sync {
+    /// One change (see [`Change`]).
+    fn changed(&self, change: Change<'_>);
+}
+
+/// How a backend reports changes to a [`Watcher`]: the answer of [`Core::watch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watching {
+    /// The backend does not report changes.
+    No,
+    /// Every change, made through any handle of this store in this process, is reported before
+    /// the operation that made it returns (an in-process store). The watcher is live at once.
+    Synchronous,
+    /// Changes made by any process are reported shortly after they happen (Redis client-side
+    /// invalidation). The watcher is not live until the backend reports [`Change::Resumed`], and
+    /// after a [`Change::Lost`] not until the next `Resumed`.
+    Asynchronous,
+}
+
 /// How long the default [`Core::wait`] sleeps at first between two reads.
 pub const WAIT_POLL_START: Duration = Duration::from_millis(5);
 /// The longest sleep of the default [`Core::wait`] between two reads.
@@ -185,6 +228,15 @@ pub trait Core: Send + Sync + 'static {
     /// `false`.
     fn shares_stored_bytes(&self) -> bool {
         false
+    }
+
+    /// Reports every later change to the values of `namespace` (made by this process or any
+    /// other that shares the store) to `watcher`, for as long as the watcher lives: the backend
+    /// holds it weakly and forgets it once it is dropped. The front end's near cache uses this
+    /// to drop decoded copies of values that changed. Default: [`Watching::No`].
+    fn watch(&self, namespace: &Namespace, watcher: Weak<dyn Watcher>) -> Watching {
+        let _ = (namespace, watcher);
+        Watching::No
     }
 
     /// Reads the entry under `key`: value, `stored_at` and any live claim. `None` when there is

@@ -97,7 +97,8 @@ pub use blocking::block_on;
 pub use bytes::Bytes;
 pub use codec::{Bincode, Codec, DefaultCodec};
 pub use contract::{
-    Capabilities, Claim, ClaimToken, Core, Entry, Timestamp, Usage, WAIT_POLL_MAX, WAIT_POLL_START,
+    Capabilities, Change, Claim, ClaimToken, Core, Entry, Timestamp, Usage, WAIT_POLL_MAX,
+    WAIT_POLL_START, Watcher, Watching,
 };
 pub use error::{Error, ErrorKind, Result};
 pub use front::{Cachier, CachierBuilder, Function};
