@@ -142,10 +142,16 @@ pub async fn waiters_receive_holders_value(h: &Harness) -> Outcome {
     let s = h.scope().await;
     let f = s.cache().function(func_id("f"));
     let runs = counter();
-    let (f1, r1) = (f.clone(), runs.clone());
+    let (f1, r1, watched) = (f.clone(), runs.clone(), f.clone());
     let holder = tokio::spawn(async move {
         f1.call(&1u8, move || async move {
+            // Compute until all 8 callers below are waiting (a slow server can take longer
+            // than any fixed time to bring them there), but at least 700 ms.
             tokio::time::sleep(Duration::from_millis(700)).await;
+            let give_up = tokio::time::Instant::now() + Duration::from_secs(20);
+            while watched.stats().waits < 8 && tokio::time::Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             r1.fetch_add(1, SeqCst);
             77u64
         })
