@@ -152,6 +152,11 @@ fn assert_matches_stats(seen: &Seen, f: &Labels, stats: &Stats) {
         "size limit rejections"
     );
     assert_eq!(c("cachier_bypassed_total"), stats.bypassed, "bypassed");
+    assert_eq!(
+        c("cachier_expirations_total"),
+        stats.expirations,
+        "expirations"
+    );
     let errors: u64 = seen
         .counters
         .iter()
@@ -333,6 +338,38 @@ async fn stale_hit_and_wait_timeout() {
 /// A real backend that cannot be reached (Redis on a port nothing listens on): the first call
 /// counts a backend error by kind and operation and computes; the circuit is then open, so the
 /// next call is bypassed.
+/// Stale values removed by `delete_stale` are counted as expirations, per function.
+#[tokio::test(flavor = "current_thread")]
+async fn expirations_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let cache = memory_cache("expirations");
+    let f = cache
+        .function(func("expiring"))
+        .configure(|s| s.stale_after = Some(Duration::from_millis(50)));
+    let other = cache.function(func("other"));
+    for n in [1, 2, 3] {
+        square(&f, n).await;
+    }
+    square(&other, 1).await;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(f.delete_stale().await.expect("delete_stale"), 3);
+    assert_eq!(f.delete_stale().await.expect("delete_stale"), 0);
+
+    let seen = Seen::take(&snapshotter);
+    let labels = Labels::of(&f, &cache);
+    assert_eq!(seen.counter("cachier_expirations_total", &labels, &[]), 3);
+    assert_eq!(f.stats().expirations, 3);
+    assert_matches_stats(&seen, &labels, &f.stats());
+    let other_labels = Labels::of(&other, &cache);
+    assert_eq!(
+        seen.counter("cachier_expirations_total", &other_labels, &[]),
+        0
+    );
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn backend_error_then_bypass() {
     let recorder = DebuggingRecorder::new();

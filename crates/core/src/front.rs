@@ -515,11 +515,14 @@ impl Function {
     pub async fn delete_stale(&self) -> Result<u64> {
         let before = Timestamp::now().sub(self.settings.stale_after.unwrap_or(Duration::ZERO));
         let inner = &self.cache.inner;
-        self.maintenance(
-            "delete_stale",
-            inner.core.delete_stale(&inner.namespace, &self.id, before),
-        )
-        .await
+        let removed = self
+            .maintenance(
+                "delete_stale",
+                inner.core.delete_stale(&inner.namespace, &self.id, before),
+            )
+            .await?;
+        self.counters.count_n(Event::Expiration, removed);
+        Ok(removed)
     }
 
     /// Runs a maintenance operation, or fails at once while the backend is unavailable.
@@ -1085,10 +1088,14 @@ impl Function {
         let core = self.cache.inner.core.clone();
         let namespace = self.cache.inner.namespace.clone();
         let func = self.id.clone();
+        let counters = self.counters.clone();
         tokio::spawn(async move {
             let before = Timestamp(now).sub(stale_after);
             match core.delete_stale(&namespace, &func, before).await {
-                Ok(n) => tracing::debug!(func = %func, removed = n, "stale values cleaned up"),
+                Ok(n) => {
+                    counters.count_n(Event::Expiration, n);
+                    tracing::debug!(func = %func, removed = n, "stale values cleaned up");
+                }
                 Err(err) => tracing::warn!(func = %func, error = %err, "stale cleanup failed"),
             }
         });

@@ -34,6 +34,11 @@ pub struct Stats {
     pub backend_errors: u64,
     /// Calls that bypassed the cache (caching off, or `skip_cache`).
     pub bypassed: u64,
+    /// Stale or expired values removed from the store by the front end's background cleanup
+    /// (`cleanup_stale`, `expire_after`) or by [`Function::delete_stale`](crate::Function::delete_stale).
+    /// Values a store expires or evicts on its own are counted by the store (the memory
+    /// backend's `MemoryCore::stats`, Redis `INFO stats`, MongoDB `serverStatus`).
+    pub expirations: u64,
     /// Calls finished, and their total and largest latency.
     pub calls: u64,
     /// Sum of call latencies.
@@ -66,6 +71,7 @@ pub(crate) struct Counters {
     pub corrupt_entries: AtomicU64,
     pub backend_errors: AtomicU64,
     pub bypassed: AtomicU64,
+    pub expirations: AtomicU64,
     pub calls: AtomicU64,
     pub total_latency_us: AtomicU64,
     pub max_latency_us: AtomicU64,
@@ -88,6 +94,7 @@ impl Counters {
             corrupt_entries: zero(),
             backend_errors: zero(),
             bypassed: zero(),
+            expirations: zero(),
             calls: zero(),
             total_latency_us: zero(),
             max_latency_us: zero(),
@@ -99,6 +106,12 @@ impl Counters {
     /// Counts one event in its [`Stats`] field and its metric.
     #[inline]
     pub fn count(&self, event: Event) {
+        self.count_n(event, 1);
+    }
+
+    /// Counts `n` events in their [`Stats`] field and their metric.
+    #[inline]
+    pub fn count_n(&self, event: Event, n: u64) {
         let counter = match event {
             Event::Hit => &self.hits,
             Event::Miss => &self.misses,
@@ -109,9 +122,10 @@ impl Counters {
             Event::SizeLimitRejection => &self.size_limit_rejections,
             Event::CorruptEntry => &self.corrupt_entries,
             Event::Bypassed => &self.bypassed,
+            Event::Expiration => &self.expirations,
         };
-        counter.fetch_add(1, Relaxed);
-        self.metrics.count(event);
+        counter.fetch_add(n, Relaxed);
+        self.metrics.count(event, n);
     }
 
     /// Counts one backend error, by kind and operation in the metric.
@@ -142,6 +156,7 @@ impl Counters {
             corrupt_entries: self.corrupt_entries.load(Relaxed),
             backend_errors: self.backend_errors.load(Relaxed),
             bypassed: self.bypassed.load(Relaxed),
+            expirations: self.expirations.load(Relaxed),
             calls: self.calls.load(Relaxed),
             total_latency: Duration::from_micros(self.total_latency_us.load(Relaxed)),
             max_latency: Duration::from_micros(self.max_latency_us.load(Relaxed)),

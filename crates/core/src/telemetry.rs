@@ -27,6 +27,7 @@
 //! | `cachier_size_limit_rejections_total` | counter | `size_limit_rejections` |
 //! | `cachier_corrupt_entries_total` | counter | `corrupt_entries` |
 //! | `cachier_bypassed_total` | counter | `bypassed` |
+//! | `cachier_expirations_total` | counter | `expirations` |
 //! | `cachier_backend_errors_total{kind, operation}` | counter | `backend_errors` (summed) |
 //! | `cachier_call_duration_seconds{outcome}` | histogram | `calls`, `total_latency` |
 //!
@@ -77,6 +78,9 @@ pub const SIZE_LIMIT_REJECTIONS: &str = "cachier_size_limit_rejections_total";
 pub const CORRUPT_ENTRIES: &str = "cachier_corrupt_entries_total";
 /// `cachier_bypassed_total`: calls that skipped the cache.
 pub const BYPASSED: &str = "cachier_bypassed_total";
+/// `cachier_expirations_total`: stale or expired values removed from the store by the front
+/// end's cleanup (`cleanup_stale`, `expire_after`) or [`Function::delete_stale`](crate::Function::delete_stale).
+pub const EXPIRATIONS: &str = "cachier_expirations_total";
 /// `cachier_backend_errors_total{kind, operation}`: backend errors met by calls.
 pub const BACKEND_ERRORS: &str = "cachier_backend_errors_total";
 /// `cachier_call_duration_seconds{outcome}`: the latency of calls, by outcome.
@@ -201,6 +205,11 @@ pub fn describe_metrics() {
         );
         describe_counter!(BYPASSED, Unit::Count, "Calls that skipped the cache");
         describe_counter!(
+            EXPIRATIONS,
+            Unit::Count,
+            "Stale or expired values removed from the store by cleanup"
+        );
+        describe_counter!(
             BACKEND_ERRORS,
             Unit::Count,
             "Backend errors met by calls, by error kind and operation"
@@ -254,11 +263,12 @@ pub(crate) enum Event {
     SizeLimitRejection,
     CorruptEntry,
     Bypassed,
+    Expiration,
 }
 
 #[cfg(feature = "metrics")]
 impl Event {
-    pub const COUNT: usize = 9;
+    pub const COUNT: usize = 10;
 
     const NAMES: [&'static str; Event::COUNT] = [
         CACHE_HITS,
@@ -270,6 +280,7 @@ impl Event {
         SIZE_LIMIT_REJECTIONS,
         CORRUPT_ENTRIES,
         BYPASSED,
+        EXPIRATIONS,
     ];
 }
 
@@ -290,9 +301,9 @@ impl FunctionMetrics {
 
     #[inline]
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub fn count(&self, event: Event) {
+    pub fn count(&self, event: Event, n: u64) {
         #[cfg(feature = "metrics")]
-        self.inner.count(event);
+        self.inner.count(event, n);
     }
 
     #[inline]
@@ -364,14 +375,14 @@ mod keys {
         }
 
         /// Registers the counter with the current recorder (a no-op one when none is
-        /// installed) and counts one. Registering on every count, rather than keeping the
+        /// installed) and counts `n`. Registering on every count, rather than keeping the
         /// handle, keeps a recorder installed after the handle was made (or a thread-local one)
         /// seeing every count; the key (labels and hash) was made once, in `new`.
         #[inline]
-        pub fn count(&self, event: Event) {
+        pub fn count(&self, event: Event, n: u64) {
             let key = &self.counters[event as usize];
             metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA))
-                .increment(1);
+                .increment(n);
         }
 
         #[inline]

@@ -512,6 +512,31 @@ pub async fn cleanup_stale_deletes_in_background(h: &Harness) -> Outcome {
     })
     .await;
     assert!(gone, "the stale value was not cleaned up");
+    // The cleanup counts what it removed, exactly: the first call's value, not the second's.
+    let counted = eventually(Duration::from_secs(5), || async {
+        f.stats().expirations == 1
+    })
+    .await;
+    assert!(
+        counted,
+        "the cleanup's removal was not counted once: {:?}",
+        f.stats()
+    );
+
+    h.step("Function::delete_stale removes and counts the stale values of one function");
+    let g = s
+        .builder()
+        .stale_after(Duration::from_millis(200))
+        .build()
+        .function(func_id("g"));
+    for x in [1u8, 2] {
+        let _: u8 = g.call(&x, move || async move { x }).await.expect("call");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let removed = g.delete_stale().await.expect("delete_stale");
+    assert_eq!(removed, 2, "both of g's values were stale");
+    assert_eq!(g.stats().expirations, 2);
+    assert_eq!(f.stats().expirations, 1, "g's removals are g's");
     Outcome::Passed
 }
 
