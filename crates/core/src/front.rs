@@ -746,11 +746,12 @@ impl Function {
                 // The normal path reports it.
                 return NearProbe::Unusable;
             }
-            if let Some(value) = near.get::<T>(buf, &self.wanted(opts, started)) {
+            let probe = near.probe(buf);
+            if let Some(value) = near.get::<T>(&probe, &self.wanted(opts, started)) {
                 self.near_hit(started);
                 return NearProbe::Hit(value);
             }
-            NearProbe::Miss(NearKey::new(buf), ArgHash::of_encoded(&buf[5..]))
+            NearProbe::Miss(probe.to_key(), ArgHash::of_encoded(&buf[5..]))
         };
         ENCODED.with(|cell| match cell.try_borrow_mut() {
             Ok(mut buf) => {
@@ -804,11 +805,12 @@ impl Function {
             (Some(near_key), _, _) => Some(near_key),
             (None, Ok(key), Some(near)) => {
                 let bytes = near::key_bytes(self.near_number, &key.hash);
-                if let Some(value) = near.get::<T>(&bytes, &self.wanted(&opts, started)) {
+                let probe = near.probe(&bytes);
+                if let Some(value) = near.get::<T>(&probe, &self.wanted(&opts, started)) {
                     self.near_hit(started);
                     return Ok(Ok(value));
                 }
-                Some(NearKey::new(&bytes))
+                Some(probe.to_key())
             }
             (None, _, _) => None,
         };
@@ -1150,7 +1152,7 @@ impl Function {
             return;
         };
         near.put(
-            near_key.as_bytes(),
+            near_key,
             (self.near_number, key.hash),
             ticket,
             read_at,
