@@ -396,8 +396,8 @@ pub(crate) struct Wanted {
     pub allow_none: bool,
     /// The oldest a served value may be (min of `stale_after` and the call's `max_age`).
     pub fresh_for: Option<Duration>,
-    /// When the call began (for the `ttl`).
-    pub now: Instant,
+    /// When the call began: for the `ttl`, so always given when there is one.
+    pub now: Option<Instant>,
 }
 
 /// The near cache of one [`Cachier`](crate::Cachier): its [`Watcher`].
@@ -496,7 +496,9 @@ impl Near {
             return None;
         }
         if let Some(ttl) = self.ttl
-            && wanted.now.saturating_duration_since(copy.read_at) >= ttl
+            && wanted
+                .now
+                .is_none_or(|now| now.saturating_duration_since(copy.read_at) >= ttl)
         {
             return None;
         }
@@ -508,6 +510,12 @@ impl Near {
         let value = copy.value.downcast_ref::<T>()?.clone();
         copy.used = true;
         Some(value)
+    }
+
+    /// Whether copies have a time to live (a hit then needs the time).
+    #[inline]
+    pub(crate) fn has_ttl(&self) -> bool {
+        self.ttl.is_some()
     }
 
     /// Read before the backend read whose value may be kept.
@@ -713,7 +721,7 @@ mod tests {
         Wanted {
             allow_none: false,
             fresh_for: None,
-            now: Instant::now(),
+            now: Some(Instant::now()),
         }
     }
 
@@ -843,7 +851,7 @@ mod tests {
         assert_eq!(near.get::<Option<u8>>(&probe, &w), None, "stale");
         w.fresh_for = Some(Duration::from_secs(11));
         assert_eq!(near.get::<Option<u8>>(&probe, &w), Some(None));
-        w.now = read_at + Duration::from_millis(50);
+        w.now = Some(read_at + Duration::from_millis(50));
         assert_eq!(near.get::<Option<u8>>(&probe, &w), None, "past its ttl");
     }
 
@@ -889,7 +897,7 @@ mod tests {
 
     #[test]
     fn bounds_hold_and_used_copies_stay() {
-        let near = live(NearCache::new().max_entries(SHARDS * 4).max_bytes(1 << 20));
+        let near = live(NearCache::new().max_entries(SHARDS * 16).max_bytes(1 << 20));
         for i in 0..8 {
             put(&near, "f", i, 10, i);
         }
@@ -900,7 +908,7 @@ mod tests {
             put(&near, "f", i, 10, i);
             let (n, bytes) = near.size();
             assert!(
-                n <= SHARDS * 4 && bytes == n * 10,
+                n <= SHARDS * 16 && bytes == n * 10,
                 "{n} copies, {bytes} bytes"
             );
             assert_eq!(
