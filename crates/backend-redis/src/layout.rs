@@ -33,6 +33,32 @@ pub(crate) fn escape_func(func: &FuncId) -> String {
     out
 }
 
+/// Reverses [`escape_func`]; `None` for text [`escape_func`] never writes (a raw `:`, `{`, `}`,
+/// a `%` not starting one of the four escapes).
+fn unescape_func(escaped: &str) -> Option<String> {
+    let mut out = String::with_capacity(escaped.len());
+    let mut rest = escaped;
+    while let Some(at) = rest.find(['%', ':', '{', '}']) {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let (c, len) = if tail.starts_with("%25") {
+            ('%', 3)
+        } else if tail.starts_with("%3A") {
+            (':', 3)
+        } else if tail.starts_with("%7B") {
+            ('{', 3)
+        } else if tail.starts_with("%7D") {
+            ('}', 3)
+        } else {
+            return None;
+        };
+        out.push(c);
+        rest = &tail[len..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 /// Escapes text for a `SCAN MATCH` pattern so that it matches only itself: each of the glob
 /// metacharacters `* ? [ ] \` gets a backslash.
 pub(crate) fn escape_glob(text: &str) -> String {
@@ -123,6 +149,77 @@ pub(crate) fn func_all_pattern(namespace: &Namespace, func: &FuncId) -> String {
 /// `app` never matches `app2`.
 pub(crate) fn namespace_pattern(namespace: &Namespace) -> String {
     format!("{{{}:*", escape_glob(namespace.as_str()))
+}
+
+/// The prefix of every name of `namespace`: `{<namespace>:`. Namespaces cannot contain `:`,
+/// so the prefix of `app` is not a prefix of any name of `app2`, and the prefixes of two
+/// namespaces never overlap (which Redis requires of the prefixes of one tracking client).
+pub(crate) fn namespace_prefix(namespace: &Namespace) -> String {
+    format!("{{{namespace}:")
+}
+
+/// What a Redis name reported by client-side tracking stands for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Name<'a> {
+    /// The entry of this key.
+    Entry(Key),
+    /// The claim of an entry: not a value.
+    Claim,
+    /// A name under the prefix of this namespace that this crate did not write: anything in
+    /// the namespace may have changed.
+    Foreign(&'a str),
+    /// Not a name of any namespace.
+    Unknown,
+}
+
+/// Reads a name written by [`entry_key`] or [`claim_key`] back into its parts. Only the exact
+/// text those functions write is an entry (the escapes, 64 lowercase hex digits), so a name
+/// maps back to one key.
+pub(crate) fn parse_name(name: &[u8]) -> Name<'_> {
+    let Some(namespace) = namespace_of_name(name) else {
+        return Name::Unknown;
+    };
+    let Ok(text) = std::str::from_utf8(name) else {
+        return Name::Foreign(namespace);
+    };
+    if text.ends_with(CLAIM_SUFFIX)
+        && matches!(
+            parse_entry(&text[..text.len() - CLAIM_SUFFIX.len()]),
+            Some(_)
+        )
+    {
+        return Name::Claim;
+    }
+    match parse_entry(text) {
+        Some(key) => Name::Entry(key),
+        None => Name::Foreign(namespace),
+    }
+}
+
+/// The namespace of a name `{<namespace>:...`, if it has that shape and a valid namespace.
+pub(crate) fn namespace_of_name(name: &[u8]) -> Option<&str> {
+    let rest = name.strip_prefix(b"{")?;
+    let end = rest.iter().position(|&b| b == b':')?;
+    let namespace = std::str::from_utf8(&rest[..end]).ok()?;
+    Namespace::new(namespace).ok()?;
+    Some(namespace)
+}
+
+/// The key of an entry name `{<namespace>:<escaped func>:<hash>}`, exactly as [`entry_key`]
+/// writes it.
+fn parse_entry(text: &str) -> Option<Key> {
+    let inner = text.strip_prefix('{')?.strip_suffix('}')?;
+    let (namespace, rest) = inner.split_once(':')?;
+    let (func, hash) = rest.rsplit_once(':')?;
+    if hash.len() != HASH_HEX_LEN {
+        return None;
+    }
+    let namespace = Namespace::new(namespace).ok()?;
+    let func = FuncId::new(unescape_func(func)?).ok()?;
+    let hash = ArgHash::from_hex(hash).ok()?;
+    let key = Key::new(namespace, func, hash);
+    // Only the one spelling `entry_key` writes: any other is not this crate's name.
+    (entry_key(&key) == text).then_some(key)
 }
 
 /// Whether a key found by `SCAN` is a claim key (the others are entry keys).
@@ -272,6 +369,44 @@ mod tests {
             Some(Timestamp(42))
         );
         assert_eq!(claim_value_until(b"nonsense"), None);
+    }
+
+    #[test]
+    fn names_map_back_to_their_keys() {
+        for func in ["m::f", "x}{%y", "plain", "%3A", "a:b:c", "%", "é"] {
+            let k = key("app.v-1_x", func);
+            assert_eq!(parse_name(entry_key(&k).as_bytes()), Name::Entry(k.clone()));
+            assert_eq!(parse_name(claim_key(&k).as_bytes()), Name::Claim);
+            assert!(entry_key(&k).starts_with(&namespace_prefix(&k.namespace)));
+            assert_eq!(
+                namespace_of_name(wake_channel(&k).as_bytes()),
+                Some("app.v-1_x")
+            );
+        }
+        let hash = "ab".repeat(32);
+        // Names under a namespace's prefix that `entry_key` would not write.
+        for foreign in [
+            format!("{{app:f:{}}}", "AB".repeat(32)),
+            format!("{{app:f:{}}}", "ab".repeat(31)),
+            format!("{{app:f%:{hash}}}"),
+            format!("{{app:f%3a:{hash}}}"),
+            format!("{{app:f{{:{hash}}}"),
+            format!("{{app:f:{hash}"),
+            format!("{{app:f:{hash}}}:other"),
+            format!("{{app::{hash}}}"),
+            "{app:".to_owned(),
+            "{app:something else".to_owned(),
+        ] {
+            assert_eq!(
+                parse_name(foreign.as_bytes()),
+                Name::Foreign("app"),
+                "{foreign}"
+            );
+        }
+        assert_eq!(parse_name(b"{app:\xff\xfe}"), Name::Foreign("app"));
+        for unknown in [&b"app:f"[..], b"{app", b"{a pp:f}", b"", b"{:x}"] {
+            assert_eq!(parse_name(unknown), Name::Unknown);
+        }
     }
 
     fn fid(s: &str) -> FuncId {

@@ -215,6 +215,7 @@ mod config;
 mod connection;
 mod core;
 mod layout;
+mod tracking;
 mod wakeup;
 
 pub use crate::config::{Config, DEFAULT_URL};
