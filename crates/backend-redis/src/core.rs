@@ -605,6 +605,18 @@ impl fmt::Debug for RedisCore {
     }
 }
 
+/// The value and `stored_at` of a stored entry (the value shares the read's buffer); `None`,
+/// logged, for bytes in a framing this crate did not write.
+fn unpack(key: &Key, stored: Vec<u8>) -> Option<(Bytes, Timestamp)> {
+    match layout::unpack_header(&stored) {
+        Some(stored_at) => Some((Bytes::from(stored).slice(layout::HEADER_LEN..), stored_at)),
+        None => {
+            warn!(%key, len = stored.len(), "redis entry has a foreign framing; treated as a miss");
+            None
+        }
+    }
+}
+
 /// Milliseconds of a lease, at least 1 (Redis refuses `PX 0`).
 fn lease_millis(lease: Duration) -> u64 {
     u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -716,18 +728,9 @@ impl Core for RedisCore {
             .query_async(&mut self.connection())
             .await
             .map_err(|e| redis_error("get", e).with_key(key))?;
-        let (value, stored_at) = match stored {
+        let (value, stored_at) = match stored.and_then(|stored| unpack(key, stored)) {
+            Some((value, stored_at)) => (Some(value), stored_at),
             None => (None, Timestamp::default()),
-            Some(stored) => match layout::unpack_header(&stored) {
-                Some(stored_at) => {
-                    let value = Bytes::from(stored).slice(layout::HEADER_LEN..);
-                    (Some(value), stored_at)
-                }
-                None => {
-                    warn!(%key, len = stored.len(), "redis entry has a foreign framing; treated as a miss");
-                    (None, Timestamp::default())
-                }
-            },
         };
         // The claim key exists, so the claim is live whatever its recorded expiry says (the
         // holder's clock may run behind this one): never report it as already expired.
@@ -743,6 +746,23 @@ impl Core for RedisCore {
             stored_at,
             claim_until,
         }))
+    }
+
+    /// The hit path: one `GET` of the entry key. Half the work of [`Core::get`]'s `MGET` for
+    /// the client (one name to build, one reply to parse) and for the server.
+    async fn get_value(&self, key: &Key) -> Result<Option<Entry>> {
+        let stored: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(layout::entry_key(key))
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| redis_error("get", e).with_key(key))?;
+        Ok(stored
+            .and_then(|stored| unpack(key, stored))
+            .map(|(value, stored_at)| Entry {
+                value: Some(value),
+                stored_at,
+                claim_until: None,
+            }))
     }
 
     /// `MULTI`: `SET` the framed value, `DEL` the claim, `PUBLISH` a wake-up; one round trip.

@@ -19,18 +19,25 @@ const HASH_HEX_LEN: usize = 64;
 /// `%7B` and `%7D`. Without `:` the key splits into its parts unambiguously; without braces the
 /// hash tag (the whole `{...}`) cannot end early.
 pub(crate) fn escape_func(func: &FuncId) -> String {
-    let id = func.as_str();
-    let mut out = String::with_capacity(id.len());
-    for c in id.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            ':' => out.push_str("%3A"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
-        }
-    }
+    let mut out = String::with_capacity(func.as_str().len());
+    push_escaped_func(&mut out, func.as_str());
     out
+}
+
+/// Appends `id` escaped as [`escape_func`] does; plain runs are copied whole.
+fn push_escaped_func(out: &mut String, id: &str) {
+    let mut rest = id;
+    while let Some(at) = rest.find(['%', ':', '{', '}']) {
+        out.push_str(&rest[..at]);
+        out.push_str(match rest.as_bytes()[at] {
+            b'%' => "%25",
+            b':' => "%3A",
+            b'{' => "%7B",
+            _ => "%7D",
+        });
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
 }
 
 /// Reverses [`escape_func`]; `None` for text [`escape_func`] never writes (a raw `:`, `{`, `}`,
@@ -78,8 +85,24 @@ pub(crate) fn entry_key(key: &Key) -> String {
     entry_key_parts(&key.namespace, &key.func, &key.hash)
 }
 
+/// Built by hand rather than with `format!`: this runs on every hit, and the formatting
+/// machinery (with the hash's own hex `String`) cost more than the rest of the key handling.
 fn entry_key_parts(namespace: &Namespace, func: &FuncId, hash: &ArgHash) -> String {
-    format!("{{{}:{}:{}}}", namespace, escape_func(func), hash.to_hex())
+    let mut out = String::with_capacity(
+        namespace.as_str().len() + func.as_str().len() + HASH_HEX_LEN + 3 + CLAIM_SUFFIX.len(),
+    );
+    out.push('{');
+    out.push_str(namespace.as_str());
+    out.push(':');
+    push_escaped_func(&mut out, func.as_str());
+    out.push(':');
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for byte in hash.as_bytes() {
+        out.push(HEX[usize::from(byte >> 4)] as char);
+        out.push(HEX[usize::from(byte & 0xf)] as char);
+    }
+    out.push('}');
+    out
 }
 
 /// The entry key and the claim key of `key`, built together (the read path needs both).
@@ -297,6 +320,29 @@ mod tests {
             wake_channel_of_claim(claim_key(&k).as_bytes()).unwrap(),
             wake_channel(&k).into_bytes()
         );
+    }
+
+    #[test]
+    fn entry_key_is_the_documented_spelling() {
+        for func in ["m::f", "x}{%y", "plain", "", "%%::{{}}", "é:ü"] {
+            let func = if func.is_empty() { "f" } else { func };
+            let k = key("ns", func);
+            let escaped: String = func
+                .chars()
+                .map(|c| match c {
+                    '%' => "%25".to_owned(),
+                    ':' => "%3A".to_owned(),
+                    '{' => "%7B".to_owned(),
+                    '}' => "%7D".to_owned(),
+                    c => c.to_string(),
+                })
+                .collect();
+            assert_eq!(
+                entry_key(&k),
+                format!("{{ns:{escaped}:{}}}", k.hash.to_hex())
+            );
+            assert_eq!(escape_func(&k.func), escaped);
+        }
     }
 
     #[test]
