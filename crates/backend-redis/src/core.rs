@@ -751,11 +751,20 @@ impl Core for RedisCore {
     /// The hit path: one `GET` of the entry key. Half the work of [`Core::get`]'s `MGET` for
     /// the client (one name to build, one reply to parse) and for the server.
     async fn get_value(&self, key: &Key) -> Result<Option<Entry>> {
-        let stored: Option<Vec<u8>> = redis::cmd("GET")
+        let stored: Option<Vec<u8>> = match redis::cmd("GET")
             .arg(layout::entry_key(key))
             .query_async(&mut self.connection())
             .await
-            .map_err(|e| redis_error("get", e).with_key(key))?;
+        {
+            Ok(stored) => stored,
+            // Not a string (a foreign program's list under the name): no value, as `MGET`
+            // reads it; the front end computes and `SET` replaces it.
+            Err(e) if e.code() == Some("WRONGTYPE") => {
+                warn!(%key, "redis entry is not a string; treated as a miss");
+                None
+            }
+            Err(e) => return Err(redis_error("get", e).with_key(key)),
+        };
         Ok(stored
             .and_then(|stored| unpack(key, stored))
             .map(|(value, stored_at)| Entry {

@@ -560,6 +560,11 @@ async fn foreign_data_under_a_key_is_a_miss_and_is_overwritten() {
         None,
         "a list under the entry name"
     );
+    assert_eq!(
+        core.get_value(&key).await.unwrap(),
+        None,
+        "a list under the entry name, on the hit path"
+    );
 
     // Through the front end: a miss, computed, stored over the foreign data.
     let cache = Cachier::builder(core.clone())
