@@ -1,13 +1,14 @@
 //! The [`Core`] impl: values in a bounded `moka` cache, claims and waiters in a map of their own.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use cachier_core::{
-    Bytes, Capabilities, Claim, ClaimToken, Core, Entry, FuncId, Key, Namespace, Result, Timestamp,
-    Usage, async_trait,
+    Bytes, Capabilities, Change, Claim, ClaimToken, Core, Entry, FuncId, Key, Namespace, Result,
+    Timestamp, Usage, Watcher, Watching, async_trait,
 };
 use moka::notification::RemovalCause;
 use moka::ops::compute::{CompResult, Op};
@@ -22,6 +23,7 @@ pub struct MemoryCore {
     values: Values,
     claims: RwLock<Claims>,
     counters: Arc<Counters>,
+    watchers: Arc<Watchers>,
     config: Config,
 }
 
@@ -66,6 +68,39 @@ impl Lease {
     }
 }
 
+/// The watchers of the store (see [`Core::watch`]), each with the namespace it watches. Every
+/// change is reported after it is made and before the operation that made it returns.
+#[derive(Default)]
+struct Watchers {
+    list: RwLock<Vec<(Namespace, Weak<dyn Watcher>)>>,
+    /// Whether any watcher was ever added: a store nobody watches skips the lock.
+    any: AtomicBool,
+}
+
+impl Watchers {
+    fn add(&self, namespace: &Namespace, watcher: Weak<dyn Watcher>) {
+        let mut list = self.list.write().unwrap_or_else(|p| p.into_inner());
+        // Watchers of caches dropped since go now.
+        list.retain(|(_, w)| w.strong_count() > 0);
+        list.push((namespace.clone(), watcher));
+        self.any.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn report(&self, namespace: &Namespace, change: Change<'_>) {
+        if !self.any.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let list = self.list.read().unwrap_or_else(|p| p.into_inner());
+        for (watched, watcher) in list.iter() {
+            if watched == namespace
+                && let Some(watcher) = watcher.upgrade()
+            {
+                watcher.changed(change);
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     evictions: AtomicU64,
@@ -104,6 +139,7 @@ impl MemoryCore {
     /// An empty store bounded as `config` says.
     pub fn with_config(config: Config) -> Self {
         let counters = Arc::new(Counters::default());
+        let watchers = Arc::new(Watchers::default());
         let mut builder = moka::sync::Cache::builder();
         if let Some((capacity, weigh)) = config.capacity() {
             builder = builder
@@ -116,6 +152,11 @@ impl MemoryCore {
         let seen = counters.clone();
         let values = builder
             .eviction_listener(move |_key, _value, cause| {
+                // Not reported to watchers: an evicted value did not change, so a near copy of
+                // it is still the value (the front end's near cache is bounded on its own).
+                // Reporting it would drop the copies of a hot set whose reads the near cache
+                // answers, which the eviction policy then never sees, and evict it again and
+                // again (tests/bounded.rs).
                 if cause == RemovalCause::Size {
                     seen.evictions.fetch_add(1, Relaxed);
                 }
@@ -128,6 +169,7 @@ impl MemoryCore {
                 sweep_at: SWEEP_FLOOR,
             }),
             counters,
+            watchers,
             config,
         }
     }
@@ -235,9 +277,9 @@ impl Core for MemoryCore {
         }
     }
 
-    fn shares_stored_bytes(&self) -> bool {
-        // Reads hand out the stored `Bytes` (a reference count, no copy).
-        true
+    fn watch(&self, namespace: &Namespace, watcher: Weak<dyn Watcher>) -> Watching {
+        self.watchers.add(namespace, watcher);
+        Watching::Synchronous
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
@@ -265,6 +307,7 @@ impl Core for MemoryCore {
 
     async fn set(&self, key: &Key, value: Bytes, stored_at: Timestamp) -> Result<()> {
         self.values.insert(key.clone(), Stored { value, stored_at });
+        self.watchers.report(&key.namespace, Change::Entry(key));
         let ends_claim = self.read().map.contains_key(key);
         if ends_claim && let Some(lease) = self.write().map.remove(key) {
             lease.wake();
@@ -360,13 +403,17 @@ impl Core for MemoryCore {
         if let Some(lease) = self.write().map.remove(key) {
             lease.wake();
         }
-        Ok(self.values.remove(key).is_some())
+        let removed = self.values.remove(key).is_some();
+        self.watchers.report(&key.namespace, Change::Entry(key));
+        Ok(removed)
     }
 
     async fn clear(&self, namespace: &Namespace, func: &FuncId) -> Result<u64> {
         let matches = |k: &Key| &k.namespace == namespace && &k.func == func;
         self.end_claims_where(matches);
-        Ok(self.remove_values_where(matches))
+        let removed = self.remove_values_where(matches);
+        self.watchers.report(namespace, Change::Function(func));
+        Ok(removed)
     }
 
     async fn clear_claims(&self, namespace: &Namespace, func: &FuncId) -> Result<u64> {
@@ -399,6 +446,7 @@ impl Core for MemoryCore {
                 });
             if matches!(outcome, CompResult::Removed(_)) {
                 removed += 1;
+                self.watchers.report(namespace, Change::Entry(&key));
             }
         }
         self.counters.expirations.fetch_add(removed, Relaxed);
@@ -408,7 +456,9 @@ impl Core for MemoryCore {
     async fn clear_namespace(&self, namespace: &Namespace) -> Result<u64> {
         let matches = |k: &Key| &k.namespace == namespace;
         self.end_claims_where(matches);
-        Ok(self.remove_values_where(matches))
+        let removed = self.remove_values_where(matches);
+        self.watchers.report(namespace, Change::Namespace);
+        Ok(removed)
     }
 
     /// Counts the namespace's values and their bytes in one pass over the store (no copy of a

@@ -220,20 +220,18 @@ pub trait Core: Send + Sync + 'static {
     /// What this backend can do.
     fn capabilities(&self) -> Capabilities;
 
-    /// Whether a read hands out the stored bytes themselves (the same allocation on every read
-    /// until the entry changes), as an in-process store does. The front end then keeps the
-    /// values it decoded from them (its near cache) and serves a hit as a clone without
-    /// decoding again; the near copy is used only while a read returns the very same bytes,
-    /// so this is safe for any backend and only a waste of memory where reads copy. Default:
-    /// `false`.
-    fn shares_stored_bytes(&self) -> bool {
-        false
-    }
-
     /// Reports every later change to the values of `namespace` (made by this process or any
     /// other that shares the store) to `watcher`, for as long as the watcher lives: the backend
     /// holds it weakly and forgets it once it is dropped. The front end's near cache uses this
-    /// to drop decoded copies of values that changed. Default: [`Watching::No`].
+    /// to drop decoded copies of values that changed (see
+    /// [`CachierBuilder::near_cache`](crate::CachierBuilder::near_cache)); it calls `watch`
+    /// once per cache it builds, also where it then keeps no near cache (the default on an
+    /// [`Watching::Asynchronous`] backend), so registering should cost little until a report
+    /// is due. Default: [`Watching::No`].
+    ///
+    /// A report must come after the change is visible: a read that starts after the watcher
+    /// was told must see the new state. Several watchers may watch one namespace (one per
+    /// cache built over the store); each gets every report.
     fn watch(&self, namespace: &Namespace, watcher: Weak<dyn Watcher>) -> Watching {
         let _ = (namespace, watcher);
         Watching::No

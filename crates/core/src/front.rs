@@ -15,6 +15,7 @@
 //!    → return it; the claim gone without a value (the holder failed, or its lease expired) →
 //!    claim again; the timeout → compute on our own.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::Ordering;
@@ -27,11 +28,13 @@ use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
 use crate::codec::{self, DefaultCodec};
-use crate::contract::{Claim, ClaimToken, Core, Entry, Timestamp, Usage};
+use crate::contract::{
+    Change, Claim, ClaimToken, Core, Entry, Timestamp, Usage, Watcher, Watching,
+};
 use crate::error::{Error, Result};
 use crate::health::{Health, ProbeBackoff};
-use crate::key::{FuncId, Key, Namespace};
-use crate::near::{Near, NearCache};
+use crate::key::{self, ArgHash, FuncId, Key, Namespace};
+use crate::near::{self, Near, NearCache, NearKey, Ticket, Wanted};
 use crate::none::is_none;
 use crate::settings::{CallOptions, Settings, caching_enabled};
 use crate::stats::{Counters, Stats};
@@ -69,8 +72,9 @@ struct Inner {
     enabled: std::sync::atomic::AtomicBool,
     functions: Mutex<HashMap<FuncId, Arc<Counters>>>,
     health: Arc<Health>,
-    /// Decoded values, for a backend that [shares its stored bytes](Core::shares_stored_bytes).
-    near: Option<Near>,
+    /// Decoded values kept in process (see [`CachierBuilder::near_cache`]), and how the
+    /// backend keeps them true.
+    near: Option<(Arc<Near>, Watching)>,
 }
 
 /// Builds a [`Cachier`]; see [`Settings`] for what each setting means and its default.
@@ -79,7 +83,8 @@ pub struct CachierBuilder {
     namespace: Namespace,
     settings: Settings,
     probe_backoff: ProbeBackoff,
-    near_cache: NearCache,
+    /// `None`: the default, a near cache only where the backend reports changes synchronously.
+    near_cache: Option<NearCache>,
 }
 
 impl CachierBuilder {
@@ -169,16 +174,28 @@ impl CachierBuilder {
         self
     }
 
-    /// Bounds the near cache: decoded values kept in process next to the stored bytes they came
-    /// from, so a hit is a lookup and a clone rather than a decode. It is used only with a
-    /// backend whose reads [share the stored bytes](Core::shares_stored_bytes) (the memory
-    /// backend), where it is always coherent: a copy is served only while the backend still
-    /// returns the very bytes it was decoded from, with their own `stored_at`, so freshness,
-    /// `max_age`, `overwrite_cache`, `remove`, `clear` and the global switch act exactly as
-    /// without it. Default [`NearCache::new`] (10,000 values, 64 MiB);
-    /// [`NearCache::disabled`] turns it off.
+    /// The near cache: decoded values kept in process, so a hit is a lookup and a clone, with
+    /// no call to the backend, no key hash and no decode. A copy keeps its value's `stored_at`
+    /// and is served only where the backend's value would be: fresh under `stale_after` and
+    /// the call's `max_age`, never with `overwrite_cache`, `skip_cache` or caching switched
+    /// off. Bounded by entries and bytes (see [`NearCache`] for peak memory).
+    ///
+    /// How it stays true depends on what the backend reports ([`Core::watch`]):
+    ///
+    /// | backend | reports changes | near cache |
+    /// |---|---|---|
+    /// | memory | before each change returns ([`Watching::Synchronous`]) | on by default; a change made through any handle of the store is never missed |
+    /// | Redis | shortly after, from any process ([`Watching::Asynchronous`]) | opt-in: `near_cache(NearCache::new())`; serves only while invalidation is connected, emptied when it is lost |
+    /// | file, SQL, MongoDB, S3, plugins | no ([`Watching::No`]) | opt-in with a time to live only: `near_cache(NearCache::new().ttl(d))`, bounded staleness: a change made elsewhere is seen at most `d` later |
+    ///
+    /// This front end's own `precache`, `remove`, `clear`, `delete_stale` and stored results
+    /// drop the copies they touch on every backend. Without this call the default applies: a
+    /// near cache of [`NearCache::new`]'s bounds where the backend reports changes
+    /// synchronously (memory), none elsewhere. [`NearCache::disabled`] turns it off; a
+    /// `NearCache` without a `ttl` on a backend that does not report changes is ignored (with
+    /// a warning). [`Cachier::near_cache_coherence`] tells what was built.
     pub fn near_cache(mut self, near: NearCache) -> Self {
-        self.near_cache = near;
+        self.near_cache = Some(near);
         self
     }
 
@@ -186,6 +203,7 @@ impl CachierBuilder {
     /// now, if any: see [`telemetry::describe_metrics`]).
     pub fn build(self) -> Cachier {
         telemetry::describe_metrics();
+        let near = self.build_near();
         Cachier {
             inner: Arc::new(Inner {
                 namespace: self.namespace,
@@ -193,14 +211,39 @@ impl CachierBuilder {
                 enabled: std::sync::atomic::AtomicBool::new(true),
                 functions: Mutex::new(HashMap::new()),
                 health: Arc::new(Health::new(self.probe_backoff)),
-                near: if self.core.shares_stored_bytes() {
-                    Near::new(self.near_cache)
-                } else {
-                    None
-                },
+                near,
                 core: self.core,
             }),
         }
+    }
+
+    /// The near cache, registered with the backend, if the settings and the backend call for
+    /// one (see [`CachierBuilder::near_cache`]).
+    fn build_near(&self) -> Option<(Arc<Near>, Watching)> {
+        let explicit = self.near_cache.is_some();
+        let bounds = self.near_cache.unwrap_or_default();
+        let near = Arc::new(Near::new(bounds)?);
+        let watcher: Arc<dyn Watcher> = near.clone();
+        // The backend holds it weakly: it forgets it once this cache is dropped.
+        let watching = self.core.watch(&self.namespace, Arc::downgrade(&watcher));
+        drop(watcher);
+        let keep = match watching {
+            Watching::Synchronous => true,
+            Watching::Asynchronous => explicit,
+            Watching::No => explicit && bounds.time_to_live().is_some(),
+        };
+        if !keep {
+            if explicit && watching == Watching::No {
+                tracing::warn!(
+                    backend = self.core.name(),
+                    "near cache not used: this backend does not report changes, so a near \
+                     cache needs a time to live (NearCache::ttl)"
+                );
+            }
+            return None;
+        }
+        near.started(watching);
+        Some((near, watching))
     }
 }
 
@@ -212,7 +255,7 @@ impl Cachier {
             namespace: Namespace::default(),
             settings: Settings::default(),
             probe_backoff: ProbeBackoff::default(),
-            near_cache: NearCache::new(),
+            near_cache: None,
         }
     }
 
@@ -241,12 +284,26 @@ impl Cachier {
                 })
                 .clone()
         };
+        let near_number = self
+            .inner
+            .near
+            .as_ref()
+            .map_or(0, |(near, _)| near.func_number(&id));
         Function {
             cache: self.clone(),
             settings: Arc::new(self.inner.settings.clone()),
             id,
             counters,
+            near_number,
         }
+    }
+
+    /// Whether this cache has a near cache, and how it stays true: `None` for none,
+    /// `Some(Watching::Synchronous)` or `Some(Watching::Asynchronous)` when the backend reports
+    /// changes, `Some(Watching::No)` for copies bounded by their time to live only. See
+    /// [`CachierBuilder::near_cache`].
+    pub fn near_cache_coherence(&self) -> Option<Watching> {
+        self.inner.near.as_ref().map(|(_, watching)| *watching)
     }
 
     /// The backend.
@@ -306,6 +363,8 @@ pub struct Function {
     settings: Arc<Settings>,
     id: FuncId,
     counters: Arc<Counters>,
+    /// This function's number in near keys.
+    near_number: u32,
 }
 
 /// What the compute step produced, for the shared call path.
@@ -356,9 +415,9 @@ impl Function {
     /// any other sharing the backend — is computing the same key. Without `strict`, this never
     /// fails because of the backend: errors are logged and the function is computed.
     ///
-    /// The result type is `Clone`: a hit on a backend that keeps its values in process (the
-    /// memory backend) is served as a clone of the value decoded on an earlier hit (the near
-    /// cache, see [`CachierBuilder::near_cache`]). Byte buffers, strings and sequences of
+    /// The result type is `Clone`: with a near cache (on by default for the memory backend,
+    /// see [`CachierBuilder::near_cache`]) a hit is served as a clone of the value decoded on
+    /// an earlier hit, without asking the backend. Byte buffers, strings and sequences of
     /// numbers (`Vec<u8>`, `String`, `Vec<f64>`...) are stored as they are and decode at the
     /// speed of a copy.
     pub async fn call<A, T, F, Fut>(&self, args: &A, compute: F) -> Result<T>
@@ -488,15 +547,29 @@ impl Function {
     /// Removes the cached result for `args`; `true` if there was one.
     pub async fn remove<A: Serialize + ?Sized>(&self, args: &A) -> Result<bool> {
         let key = self.key(args)?;
-        self.maintenance("remove", self.cache.inner.core.remove(&key))
-            .await
+        let removed = self
+            .maintenance("remove", self.cache.inner.core.remove(&key))
+            .await;
+        self.changed(Change::Entry(&key));
+        removed
     }
 
     /// Removes every cached result of this function (in this cache's namespace only).
     pub async fn clear(&self) -> Result<u64> {
         let inner = &self.cache.inner;
-        self.maintenance("clear", inner.core.clear(&inner.namespace, &self.id))
-            .await
+        let cleared = self
+            .maintenance("clear", inner.core.clear(&inner.namespace, &self.id))
+            .await;
+        self.changed(Change::Function(&self.id));
+        cleared
+    }
+
+    /// Drops the near copies a change made through this front end touched (the backend may
+    /// report it too, or later, or not at all).
+    fn changed(&self, change: Change<'_>) {
+        if let Some((near, _)) = &self.cache.inner.near {
+            near.changed(change);
+        }
     }
 
     /// Ends every claim on this function's keys (for a claim known to be abandoned; leases end
@@ -515,11 +588,14 @@ impl Function {
     pub async fn delete_stale(&self) -> Result<u64> {
         let before = Timestamp::now().sub(self.settings.stale_after.unwrap_or(Duration::ZERO));
         let inner = &self.cache.inner;
-        self.maintenance(
-            "delete_stale",
-            inner.core.delete_stale(&inner.namespace, &self.id, before),
-        )
-        .await
+        let deleted = self
+            .maintenance(
+                "delete_stale",
+                inner.core.delete_stale(&inner.namespace, &self.id, before),
+            )
+            .await;
+        self.changed(Change::Function(&self.id));
+        deleted
     }
 
     /// Runs a maintenance operation, or fails at once while the backend is unavailable.
@@ -551,6 +627,15 @@ impl Function {
 /// The first and the longest pause between two claims of a caller whose wait returned at once.
 const SPIN_PAUSE_MIN: Duration = Duration::from_millis(2);
 const SPIN_PAUSE_MAX: Duration = Duration::from_millis(100);
+
+/// What a look in the near cache found.
+enum NearProbe<T> {
+    Hit(T),
+    /// No copy: the near key, and the argument hash of the call's key.
+    Miss(NearKey, ArgHash),
+    /// The arguments do not encode (the normal path reports it).
+    Unusable,
+}
 
 /// What a stored entry is worth to a call.
 enum Usable<T> {
@@ -586,17 +671,127 @@ impl Function {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Computed<T, E>> + Send + 'static,
     {
+        let started = Instant::now();
         let refresh: Refresh<F> = Function::refresh_in_background::<T, E, F, Fut>;
-        self.run_keyed(opts, self.key(args), compute, Some(refresh))
+        let (key, near_key) = match self.near_for(&opts) {
+            None => (self.key(args), None),
+            Some(near) => match self.near_by_args::<A, T>(near, &opts, args, started) {
+                NearProbe::Hit(value) => return Ok(Ok(value)),
+                NearProbe::Miss(near_key, hash) => (
+                    Ok(Key::new(
+                        self.cache.inner.namespace.clone(),
+                        self.id.clone(),
+                        hash,
+                    )),
+                    Some(near_key),
+                ),
+                NearProbe::Unusable => (self.key(args), None),
+            },
+        };
+        self.run_keyed(opts, key, near_key, started, compute, Some(refresh))
             .await
     }
 
+    /// The near cache, if this call may use it: caching on, neither `skip_cache` nor
+    /// `overwrite_cache`, the backend not skipped as unavailable.
+    #[inline]
+    fn near_for(&self, opts: &CallOptions) -> Option<&Near> {
+        let inner = &self.cache.inner;
+        let (near, _) = inner.near.as_ref()?;
+        if opts.skip_cache
+            || opts.overwrite_cache
+            || !self.cache.is_enabled()
+            || inner.health.is_open()
+        {
+            return None;
+        }
+        Some(near)
+    }
+
+    /// What a call asks of a near copy.
+    #[inline]
+    fn wanted(&self, opts: &CallOptions, now: Instant) -> Wanted {
+        Wanted {
+            allow_none: self.settings.allow_none,
+            fresh_for: match (self.settings.stale_after, opts.max_age) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            now,
+        }
+    }
+
+    /// Looks for a near copy by the canonical encoding of `args`; on a hit the call is done
+    /// (counted and timed).
+    #[inline]
+    fn near_by_args<A, T>(
+        &self,
+        near: &Near,
+        opts: &CallOptions,
+        args: &A,
+        started: Instant,
+    ) -> NearProbe<T>
+    where
+        A: Serialize + ?Sized,
+        T: Clone + 'static,
+    {
+        thread_local! {
+            static ENCODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        let probe = |buf: &mut Vec<u8>| {
+            buf.clear();
+            buf.push(near::BY_ARGS);
+            buf.extend_from_slice(&self.near_number.to_le_bytes());
+            if key::encode_args(args, buf).is_err() {
+                // The normal path reports it.
+                return NearProbe::Unusable;
+            }
+            if let Some(value) = near.get::<T>(buf, &self.wanted(opts, started)) {
+                self.near_hit(started);
+                return NearProbe::Hit(value);
+            }
+            NearProbe::Miss(NearKey::new(buf), ArgHash::of_encoded(&buf[5..]))
+        };
+        ENCODED.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                let probed = probe(&mut buf);
+                if buf.capacity() > 64 << 10 {
+                    *buf = Vec::new();
+                }
+                probed
+            }
+            // Arguments whose serialization makes a cached call themselves.
+            Err(_) => probe(&mut Vec::new()),
+        })
+    }
+
+    /// Counts and times a call answered by the near cache, in its span.
+    #[inline]
+    fn near_hit(&self, started: Instant) {
+        let inner = &self.cache.inner;
+        let span = tracing::debug_span!(
+            "cachier.call",
+            function = %self.id,
+            namespace = %inner.namespace,
+            backend = inner.core.name(),
+            outcome = tracing::field::Empty,
+        );
+        span.record("outcome", Outcome::Hit.as_str());
+        self.maybe_clean_up();
+        self.counters.count(Event::Hit);
+        self.counters
+            .record_latency(started.elapsed(), Outcome::Hit);
+    }
+
     /// [`Function::run`] with the key already made, for compute steps that need not be
-    /// `'static`; `refresh` is `None` for one that cannot outlive the call.
+    /// `'static`; `refresh` is `None` for one that cannot outlive the call. `near_key`: the
+    /// near cache was looked in under this key, and missed; `None`: not looked in yet.
     async fn run_keyed<T, E, F, Fut>(
         &self,
         opts: CallOptions,
         key: Result<Key>,
+        near_key: Option<NearKey>,
+        started: Instant,
         compute: F,
         refresh: Option<Refresh<F>>,
     ) -> Result<Computed<T, E>>
@@ -605,7 +800,18 @@ impl Function {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Computed<T, E>>,
     {
-        let started = Instant::now();
+        let near_key = match (near_key, &key, self.near_for(&opts)) {
+            (Some(near_key), _, _) => Some(near_key),
+            (None, Ok(key), Some(near)) => {
+                let bytes = near::key_bytes(self.near_number, &key.hash);
+                if let Some(value) = near.get::<T>(&bytes, &self.wanted(&opts, started)) {
+                    self.near_hit(started);
+                    return Ok(Ok(value));
+                }
+                Some(NearKey::new(&bytes))
+            }
+            (None, _, _) => None,
+        };
         let outcome = CallOutcome::new();
         let inner = &self.cache.inner;
         let span = tracing::debug_span!(
@@ -617,11 +823,12 @@ impl Function {
         );
         // With no subscriber listening the span is disabled: await the call as it is, since
         // wrapping its (large) future in `Instrumented` costs a copy of it on every call.
+        let near = near_key.map(|key| (key, started));
         let out = if span.is_disabled() {
-            self.run_uninstrumented(opts, key, compute, refresh, &outcome)
+            self.run_uninstrumented(opts, key, near, compute, refresh, &outcome)
                 .await
         } else {
-            self.run_uninstrumented(opts, key, compute, refresh, &outcome)
+            self.run_uninstrumented(opts, key, near, compute, refresh, &outcome)
                 .instrument(span.clone())
                 .await
         };
@@ -638,6 +845,7 @@ impl Function {
         &self,
         opts: CallOptions,
         key: Result<Key>,
+        near_key: Option<(NearKey, Instant)>,
         compute: F,
         refresh: Option<Refresh<F>>,
         out: &CallOutcome,
@@ -682,6 +890,8 @@ impl Function {
         let core = &inner.core;
 
         if !opts.overwrite_cache {
+            // A copy read now may be kept only if no change is reported meanwhile.
+            let ticket = self.near_ticket(near_key.is_some());
             // The claim matters on this first read only to `next_time` (no refresh while one
             // runs); otherwise the cheaper value-only read serves the hit.
             let read = self.seen(if self.settings.next_time {
@@ -696,6 +906,11 @@ impl Function {
                 }
                 Ok(entry) => match self.judge(&key, entry.as_ref(), freshness) {
                     Usable::Fresh(value) => {
+                        if let (Some((near_key, read_at)), Some(ticket), Some(entry)) =
+                            (&near_key, ticket, &entry)
+                        {
+                            self.keep_near(near_key, &key, ticket, *read_at, entry, &value);
+                        }
                         self.counters.count(Event::Hit);
                         out.set(Outcome::Hit);
                         return Ok(Ok(value));
@@ -899,15 +1114,51 @@ impl Function {
         });
     }
 
-    /// Stores encoded bytes as computed now, with the store-side expiry the settings ask for.
+    /// Stores encoded bytes as computed now, with the store-side expiry the settings ask for,
+    /// and drops the near copy of the key.
     async fn store_bytes(&self, core: &Arc<dyn Core>, key: &Key, bytes: Bytes) -> Result<()> {
-        match self.settings.store_expiry() {
+        let stored = match self.settings.store_expiry() {
             None => core.set(key, bytes, Timestamp::now()).await,
             Some(expire) => {
                 core.set_expiring(key, bytes, Timestamp::now(), expire)
                     .await
             }
+        };
+        self.changed(Change::Entry(key));
+        stored
+    }
+
+    /// The near cache's ticket, taken before a backend read whose value may be kept.
+    fn near_ticket(&self, wanted: bool) -> Option<Ticket> {
+        match &self.cache.inner.near {
+            Some((near, _)) if wanted => Some(near.ticket()),
+            _ => None,
         }
+    }
+
+    /// Keeps a fresh value read from the backend as a near copy.
+    fn keep_near<T: Serialize + Clone + Send + Sync + 'static>(
+        &self,
+        near_key: &NearKey,
+        key: &Key,
+        ticket: Ticket,
+        read_at: Instant,
+        entry: &Entry,
+        value: &T,
+    ) {
+        let (Some((near, _)), Some(bytes)) = (&self.cache.inner.near, &entry.value) else {
+            return;
+        };
+        near.put(
+            near_key.as_bytes(),
+            (self.near_number, key.hash),
+            ticket,
+            read_at,
+            entry.stored_at,
+            bytes.len(),
+            self.settings.allow_none && is_none(value),
+            value.clone(),
+        );
     }
 
     /// Encodes and stores a computed value. `Ok(true)` if it was stored (which also ended any
@@ -981,24 +1232,15 @@ impl Function {
         else {
             return Usable::Missing;
         };
-        let near = self.cache.inner.near.as_ref();
-        let value: T = match near.and_then(|near| near.get::<T>(key, bytes)) {
-            Some(value) => value,
-            None => match codec::open_default::<T>(bytes, self.settings.decode_limit) {
-                Ok(value) => {
-                    if let Some(near) = near {
-                        near.put(key, bytes, value.clone());
-                    }
-                    value
+        let value: T = match codec::open_default::<T>(bytes, self.settings.decode_limit) {
+            Ok(value) => value,
+            Err(err) => {
+                if report_corrupt {
+                    self.counters.count(Event::CorruptEntry);
+                    tracing::warn!(key = %key, error = %err, "stored value does not decode; treating it as a miss");
                 }
-                Err(err) => {
-                    if report_corrupt {
-                        self.counters.count(Event::CorruptEntry);
-                        tracing::warn!(key = %key, error = %err, "stored value does not decode; treating it as a miss");
-                    }
-                    return Usable::Missing;
-                }
-            },
+                return Usable::Missing;
+            }
         };
         if !self.settings.allow_none && is_none(&value) {
             return Usable::Missing;

@@ -181,6 +181,15 @@ impl ArgHash {
         Ok(ArgHash(*hasher.finalize().as_bytes()))
     }
 
+    /// The hash of arguments already encoded by [`encode_args`]: equal to [`ArgHash::of`] the
+    /// same arguments.
+    pub(crate) fn of_encoded(encoded: &[u8]) -> Self {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(KEY_DOMAIN_TAG);
+        hasher.update(encoded);
+        ArgHash(*hasher.finalize().as_bytes())
+    }
+
     /// Wraps raw hash bytes.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         ArgHash(bytes)
@@ -231,6 +240,29 @@ impl fmt::Display for ArgHash {
 impl fmt::Debug for ArgHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ArgHash({})", self.to_hex())
+    }
+}
+
+/// Appends the bytes [`ArgHash::of`] hashes (after its domain tag) for `args` to `out`: the
+/// canonical encoding of the arguments, which the near cache finds its copies by.
+pub(crate) fn encode_args<A: Serialize + ?Sized>(args: &A, out: &mut Vec<u8>) -> Result<()> {
+    bincode::serde::encode_into_writer(Canonical(args), VecWriter(out), key_config()).map_err(|e| {
+        Error::new(
+            crate::ErrorKind::Codec,
+            "the arguments could not be serialized",
+        )
+        .with_source(e)
+        .with_operation("hash arguments")
+    })
+}
+
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl bincode::enc::write::Writer for VecWriter<'_> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
     }
 }
 
@@ -356,6 +388,20 @@ mod tests {
         assert!(FuncId::new("a\x1fb").is_err());
         assert!(FuncId::new("f".repeat(257)).is_err());
         assert!(FuncId::new("naïve::函数 *?[]:%_'\"").is_ok());
+    }
+
+    #[test]
+    fn encoded_arguments_hash_like_the_arguments() {
+        use std::collections::HashMap;
+        let map: HashMap<String, Vec<u32>> = (0..20)
+            .map(|i| (format!("k{i}"), vec![i; i as usize]))
+            .collect();
+        let mut buf = Vec::new();
+        encode_args(&(1u8, "x", &map), &mut buf).unwrap();
+        assert_eq!(
+            ArgHash::of_encoded(&buf),
+            ArgHash::of(&(1u8, "x", &map)).unwrap()
+        );
     }
 
     #[test]

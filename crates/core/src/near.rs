@@ -1,58 +1,107 @@
-//! The near cache: decoded values kept in process, so a hit on a backend that hands out its
-//! stored bytes (the memory backend) is a lookup and a clone instead of a check and a decode.
+//! The near cache: decoded values kept in process, so a hit is a lookup and a clone, without
+//! the backend, the key hash or a decode.
 //!
-//! A near copy is keyed by the entry's [`Key`] and remembers the very [`Bytes`] it was decoded
-//! from. It is served only when the backend's read returns the same allocation (same address
-//! and length) again. The near copy holds a reference to those bytes, so the allocation cannot
-//! be freed and reused while it is kept: equal address and length mean equal content, and the
-//! decoded value is the one the stored bytes would decode to. Coherence therefore needs nothing
-//! from the backend: a `set`, `remove` or `clear` from anywhere gives the next read other bytes
-//! (or none), and the near copy is simply not used. Freshness is judged on the `stored_at` the
-//! backend returned with the bytes, exactly as without the near cache.
+//! ## What a copy is, and when it is served
 //!
-//! Bounded by entries and by bytes (the stored bytes' length stands for the decoded value's
-//! size); when full, the oldest copies that were not used since they were last passed over are
-//! evicted first (the CLOCK approximation of least-recently-used), per shard.
+//! A copy is the value decoded from what the backend returned for one key, with the entry's
+//! `stored_at` and the moment it was read. It is served only where the backend's own value
+//! would be: fresh under `stale_after` and the call's `max_age`, never with `overwrite_cache`,
+//! `skip_cache` or caching switched off (the front end does not look then), and never a `None`
+//! to a handle without `allow_none`. A copy that is not fresh is not served: the call takes the
+//! normal path (and `next_time` refreshes as usual).
+//!
+//! ## Coherence
+//!
+//! The front end registers its near cache with the backend ([`Core::watch`](crate::Core::watch)),
+//! and the backend reports every change to a value of the namespace ([`Change`]). How the
+//! near cache stays true depends on the answer:
+//!
+//! - [`Watching::Synchronous`] (the memory backend): every change is reported before the
+//!   operation that made it returns, so a copy is never served once the change is done. Live at
+//!   once; on by default.
+//! - [`Watching::Asynchronous`] (Redis, with client-side invalidation): changes are reported
+//!   shortly after they happen. The near cache serves nothing until the backend reports
+//!   [`Change::Resumed`]; a [`Change::Lost`] empties it and stops serving until the next
+//!   `Resumed`, which empties it again. Opt-in.
+//! - [`Watching::No`] (file, SQL, MongoDB, S3, plugins): only with a [`NearCache::ttl`], the
+//!   user's explicit choice of bounded staleness: a copy is never served longer than `ttl`
+//!   after it was read from the backend. Without a `ttl` such a backend gets no near cache.
+//!
+//! Whatever the backend, the front end's own `set`, `precache`, `remove`, `clear` and
+//! `delete_stale` drop the copies they touch when they return.
+//!
+//! A copy is read from the backend before it is kept, and a change may be reported in between
+//! (the copy then holds the old value). So every report bumps a sequence number, the front end
+//! reads it before the backend read (a [`Ticket`]), and a copy is kept only if no report came
+//! since: a copy read before a report is never kept after it.
+//!
+//! ## Keys
+//!
+//! A hit must not pay for the key's BLAKE3 hash, so copies are found by the canonical encoding
+//! of the arguments themselves (the very bytes the key hash is taken of), prefixed by a small
+//! number for the function, hashed with a seeded multiply-and-rotate fold. Calls that come with
+//! a key already made (the `#[cachier]` attribute's) find copies by the key's hash instead. An
+//! index by argument hash finds the copy a backend's report names; each entry has at most one
+//! copy.
+//!
+//! ## Memory
+//!
+//! Bounded by entries and by bytes, counted as the length of the stored (encoded) value, which
+//! for byte buffers, strings and sequences of numbers is the decoded value's size within a few
+//! bytes. The bounds are split evenly between 8 independently locked shards (a value larger
+//! than one shard's part, an eighth of the byte bound, is never kept). When a shard is full,
+//! the oldest copies not used since they were last passed over go first (CLOCK, an
+//! approximation of least recently used). Peak memory: the byte bound plus, per copy, the
+//! argument encoding twice (map and index; for a `u64` argument 13 bytes) and about 200 bytes of
+//! bookkeeping: with the default bounds (10,000 copies, 64 MiB) at most about 66 MiB.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use crate::key::Key;
+use crate::contract::{Change, Timestamp, Watcher, Watching};
+use crate::key::{ArgHash, FuncId};
 
 /// Shards of the near cache: independent locks, so concurrent hits rarely wait for each other.
-const SHARDS: usize = 4;
+const SHARDS: usize = 8;
 
-/// The bounds of a near cache (see [`CachierBuilder::near_cache`](crate::CachierBuilder::near_cache)).
+/// The settings of a near cache (see [`CachierBuilder::near_cache`](crate::CachierBuilder::near_cache)).
 ///
 /// ```
+/// use std::time::Duration;
 /// use cachier_core::NearCache;
 /// let near = NearCache::new().max_entries(50_000).max_bytes(128 << 20);
 /// assert_eq!(near.entries_bound(), 50_000);
+/// // For a backend that does not report changes (file, SQL, ...): copies live at most 2 s.
+/// let bounded_staleness = NearCache::new().ttl(Duration::from_secs(2));
+/// assert_eq!(bounded_staleness.time_to_live(), Some(Duration::from_secs(2)));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NearCache {
     max_entries: usize,
     max_bytes: usize,
+    ttl: Option<Duration>,
 }
 
 impl NearCache {
-    /// The default bounds: 10,000 decoded values and 64 MiB of stored bytes.
+    /// The default bounds: 10,000 decoded values and 64 MiB of stored bytes, no `ttl`.
     pub const fn new() -> Self {
         NearCache {
             max_entries: 10_000,
             max_bytes: 64 << 20,
+            ttl: None,
         }
     }
 
-    /// No near cache: every hit decodes the stored bytes.
+    /// No near cache: every hit asks the backend.
     pub const fn disabled() -> Self {
         NearCache {
             max_entries: 0,
             max_bytes: 0,
+            ttl: None,
         }
     }
 
@@ -63,10 +112,20 @@ impl NearCache {
     }
 
     /// At most `bytes` of stored values are kept decoded (0 turns the near cache off). The
-    /// bound is split evenly between 4 independently locked shards; a value larger than one
-    /// shard's part (a quarter of the bound: 16 MiB by default) is never kept.
+    /// bound is split evenly between 8 independently locked shards; a value larger than one
+    /// shard's part (an eighth of the bound: 8 MiB by default) is never kept.
     pub const fn max_bytes(mut self, bytes: usize) -> Self {
         self.max_bytes = bytes;
+        self
+    }
+
+    /// A copy is served at most `ttl` after it was read from the backend: bounded staleness,
+    /// for backends that do not report changes (file, SQL, MongoDB, S3, plugins), where a
+    /// change made by another process (or directly in the store) is seen only once the copy
+    /// has lived its `ttl`. Such backends get a near cache only with a `ttl`. On a backend that
+    /// reports changes (memory, Redis) the `ttl` bounds copies as well.
+    pub const fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
         self
     }
 
@@ -78,6 +137,11 @@ impl NearCache {
     /// The bound on bytes.
     pub const fn bytes_bound(&self) -> usize {
         self.max_bytes
+    }
+
+    /// The time to live of a copy, if one was set.
+    pub const fn time_to_live(&self) -> Option<Duration> {
+        self.ttl
     }
 
     /// Whether values are kept at all.
@@ -92,58 +156,174 @@ impl Default for NearCache {
     }
 }
 
-/// A key of the near map: the entry's key, hashed by the first bytes of its argument hash
-/// (already uniformly distributed), compared in full.
-#[derive(PartialEq, Eq, Clone)]
-struct NearKey(Key);
+/// How a call finds its copy: a tag, the function's number, then the canonical encoding of the
+/// arguments (tag [`BY_ARGS`]) or the key's argument hash (tag [`BY_HASH`]).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct NearKey(Arc<[u8]>);
+
+/// Tags of a [`NearKey`].
+pub(crate) const BY_ARGS: u8 = 0;
+pub(crate) const BY_HASH: u8 = 1;
+
+impl NearKey {
+    pub(crate) fn new(bytes: &[u8]) -> Self {
+        NearKey(bytes.into())
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 impl Hash for NearKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&self.0.hash.as_bytes()[..8]);
-        state.write_u64(u64::from_le_bytes(first));
+        self.0[..].hash(state);
     }
 }
 
-/// Passes the one `u64` a [`NearKey`] writes through as its hash.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
+impl std::borrow::Borrow<[u8]> for NearKey {
+    fn borrow(&self) -> &[u8] {
+        &self.0
     }
+}
 
+/// The near key of a call that comes with its key made: tag, function number, argument hash.
+pub(crate) fn key_bytes(func: u32, hash: &ArgHash) -> [u8; 37] {
+    let mut out = [0u8; 37];
+    out[0] = BY_HASH;
+    out[1..5].copy_from_slice(&func.to_le_bytes());
+    out[5..].copy_from_slice(hash.as_bytes());
+    out
+}
+
+/// The maps' hasher: a multiply-and-rotate fold, seeded per near cache from the operating
+/// system's random source (so collisions cannot be precomputed by whoever picks arguments).
+#[derive(Clone, Copy)]
+struct SeededFold(u64);
+
+impl SeededFold {
+    fn new() -> Self {
+        let mut seed = [0u8; 8];
+        // Without OS randomness the fold still works; only the seed is predictable.
+        let _ = getrandom::fill(&mut seed);
+        SeededFold(u64::from_le_bytes(seed) | 1)
+    }
+}
+
+impl BuildHasher for SeededFold {
+    type Hasher = Fold;
+
+    fn build_hasher(&self) -> Fold {
+        Fold(self.0)
+    }
+}
+
+struct Fold(u64);
+
+impl Fold {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+impl Hasher for Fold {
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
         }
     }
 
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        (self.0 ^ (self.0 >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (self.0 >> 32)
     }
 }
 
-/// One decoded value and the stored bytes it came from.
-struct Copy {
-    source: Bytes,
-    value: Arc<dyn Any + Send + Sync>,
+/// The entry a copy belongs to: function number and argument hash.
+type EntryId = (u32, ArgHash);
+
+/// One decoded value.
+struct Kept {
+    value: Box<dyn Any + Send + Sync>,
+    entry: EntryId,
+    stored_at: Timestamp,
+    read_at: Instant,
+    /// Whether the value serializes as `None` (served only to handles with `allow_none`).
+    is_none: bool,
+    /// The stored value's length, what the byte bound counts.
+    weight: usize,
     used: bool,
 }
 
 #[derive(Default)]
 struct Shard {
-    map: HashMap<NearKey, Copy, BuildHasherDefault<PassThrough>>,
+    map: HashMap<NearKey, Kept, SeededFold>,
     /// Keys in the order they were kept; a key may appear again after it was replaced (its
     /// older places are skipped when they come up).
     order: VecDeque<NearKey>,
     bytes: usize,
 }
 
-/// The near cache of one [`Cachier`](crate::Cachier).
+impl Default for SeededFold {
+    fn default() -> Self {
+        SeededFold::new()
+    }
+}
+
+/// What only changes and insertions touch, under one lock: the index of copies by entry and
+/// the numbers of the functions.
+#[derive(Default)]
+struct Index {
+    copies: HashMap<EntryId, (NearKey, usize)>,
+    funcs: HashMap<FuncId, u32>,
+}
+
+/// The sequence number read before a backend read: the copy it gives is kept only if no change
+/// was reported since.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ticket(u64);
+
+/// What a call asks of a copy.
+pub(crate) struct Wanted {
+    pub allow_none: bool,
+    /// The oldest a served value may be (min of `stale_after` and the call's `max_age`).
+    pub fresh_for: Option<Duration>,
+    /// When the call began (for the `ttl`).
+    pub now: Instant,
+}
+
+/// The near cache of one [`Cachier`](crate::Cachier): its [`Watcher`].
 pub(crate) struct Near {
     shards: Box<[Mutex<Shard>]>,
+    index: Mutex<Index>,
+    hasher: SeededFold,
+    /// Bumped by every change reported (under the index lock).
+    seq: AtomicU64,
+    /// Whether copies may be kept and served (an asynchronous watcher before `Resumed`, or
+    /// after `Lost`, is not live).
+    live: AtomicBool,
+    ttl: Option<Duration>,
     /// Bounds per shard.
     max_entries: usize,
     max_bytes: usize,
@@ -152,31 +332,81 @@ pub(crate) struct Near {
 }
 
 impl Near {
-    /// A near cache with these bounds; `None` when they turn it off.
+    /// A near cache with these bounds; `None` when they turn it off. Live at once when
+    /// `watching` is synchronous or absent (a `ttl` cache), not before `Resumed` when it is
+    /// asynchronous.
     pub(crate) fn new(bounds: NearCache) -> Option<Near> {
         if !bounds.is_enabled() {
             return None;
         }
+        let hasher = SeededFold::new();
         Some(Near {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: HashMap::with_hasher(hasher),
+                        ..Shard::default()
+                    })
+                })
+                .collect(),
+            index: Mutex::default(),
+            hasher,
+            seq: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            ttl: bounds.ttl,
             max_entries: bounds.max_entries.div_ceil(SHARDS),
             max_bytes: bounds.max_bytes.div_ceil(SHARDS),
             max_value: bounds.max_bytes / SHARDS,
         })
     }
 
-    fn shard(&self, key: &Key) -> MutexGuard<'_, Shard> {
-        let i = usize::from(key.hash.as_bytes()[8]) % SHARDS;
+    /// Starts serving as the backend's answer to `watch` allows: at once unless asynchronous.
+    pub(crate) fn started(&self, watching: Watching) {
+        if watching != Watching::Asynchronous {
+            self.live.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn shard_of(&self, key: &[u8]) -> usize {
+        // The high bits: the map itself indexes its buckets by the low ones.
+        (self.hasher.hash_one(key) >> 58) as usize % SHARDS
+    }
+
+    fn lock_shard(&self, i: usize) -> MutexGuard<'_, Shard> {
         self.shards[i]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// The value decoded from exactly `source`, if it is kept (and of type `T`).
-    pub(crate) fn get<T: Clone + 'static>(&self, key: &Key, source: &Bytes) -> Option<T> {
-        let mut shard = self.shard(key);
-        let copy = shard.map.get_mut(&NearKey(key.clone()))?;
-        if copy.source.as_ptr() != source.as_ptr() || copy.source.len() != source.len() {
+    fn lock_index(&self) -> MutexGuard<'_, Index> {
+        self.index
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The number of a function in near keys (given out once per function id).
+    pub(crate) fn func_number(&self, func: &FuncId) -> u32 {
+        let mut index = self.lock_index();
+        let next = index.funcs.len() as u32;
+        *index.funcs.entry(func.clone()).or_insert(next)
+    }
+
+    /// The value kept under `key`, if it is of type `T` and the call may have it.
+    #[inline]
+    pub(crate) fn get<T: Clone + 'static>(&self, key: &[u8], wanted: &Wanted) -> Option<T> {
+        let mut shard = self.lock_shard(self.shard_of(key));
+        let copy = shard.map.get_mut(key)?;
+        if copy.is_none && !wanted.allow_none {
+            return None;
+        }
+        if let Some(ttl) = self.ttl
+            && wanted.now.saturating_duration_since(copy.read_at) >= ttl
+        {
+            return None;
+        }
+        if let Some(limit) = wanted.fresh_for
+            && copy.stored_at.elapsed() >= limit
+        {
             return None;
         }
         let value = copy.value.downcast_ref::<T>()?.clone();
@@ -184,31 +414,69 @@ impl Near {
         Some(value)
     }
 
-    /// Keeps `value`, decoded from `source`, for `key` (replacing what was kept for it), and
-    /// evicts what no longer fits.
-    pub(crate) fn put<T: Send + Sync + 'static>(&self, key: &Key, source: &Bytes, value: T) {
-        let weight = source.len();
+    /// Read before the backend read whose value may be kept.
+    pub(crate) fn ticket(&self) -> Ticket {
+        Ticket(self.seq.load(Ordering::SeqCst))
+    }
+
+    /// Keeps `value`, decoded from `weight` stored bytes stored at `stored_at`, for the entry
+    /// `entry` under `key` — unless a change was reported since `ticket` was taken, or the
+    /// near cache is not live. Evicts what no longer fits.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn put<T: Send + Sync + 'static>(
+        &self,
+        key: &[u8],
+        entry: EntryId,
+        ticket: Ticket,
+        read_at: Instant,
+        stored_at: Timestamp,
+        weight: usize,
+        is_none: bool,
+        value: T,
+    ) {
         if weight > self.max_value {
             return;
         }
-        let key = NearKey(key.clone());
-        let mut shard = self.shard(&key.0);
-        let copy = Copy {
-            source: source.clone(),
-            value: Arc::new(value),
+        let mut index = self.lock_index();
+        if self.seq.load(Ordering::SeqCst) != ticket.0 || !self.live.load(Ordering::SeqCst) {
+            return;
+        }
+        let at = self.shard_of(key);
+        let key = NearKey::new(key);
+        // At most one copy per entry: one found under another near key goes.
+        if let Some((other, other_at)) = index.copies.get(&entry).cloned()
+            && other != key
+        {
+            let mut shard = self.lock_shard(other_at);
+            if let Some(gone) = shard.map.remove(&other) {
+                shard.bytes -= gone.weight;
+            }
+        }
+        let mut shard = self.lock_shard(at);
+        let copy = Kept {
+            value: Box::new(value),
+            entry,
+            stored_at,
+            read_at,
+            is_none,
+            weight,
             used: false,
         };
         if let Some(old) = shard.map.insert(key.clone(), copy) {
-            shard.bytes -= old.source.len();
+            shard.bytes -= old.weight;
+            if old.entry != entry {
+                index.copies.remove(&old.entry);
+            }
         }
         shard.bytes += weight;
-        shard.order.push_back(key);
-        self.evict(&mut shard);
+        shard.order.push_back(key.clone());
+        index.copies.insert(entry, (key, at));
+        self.evict(&mut shard, &mut index);
     }
 
     /// Evicts until the shard is within its bounds: the copy at the front of the order goes
     /// unless it was used since it was last there (then it moves to the back, unused).
-    fn evict(&self, shard: &mut Shard) {
+    fn evict(&self, shard: &mut Shard, index: &mut Index) {
         // Each pass either evicts, drops a stale place or clears a `used` flag, so this ends.
         while shard.map.len() > self.max_entries || shard.bytes > self.max_bytes {
             let Some(key) = shard.order.pop_front() else {
@@ -223,7 +491,8 @@ impl Near {
                 continue;
             }
             if let Some(gone) = shard.map.remove(&key) {
-                shard.bytes -= gone.source.len();
+                shard.bytes -= gone.weight;
+                index.copies.remove(&gone.entry);
             }
         }
         // Places of replaced or evicted keys: keep the order from growing without bound.
@@ -233,6 +502,28 @@ impl Near {
             shard
                 .order
                 .retain(|k| map.contains_key(k) && seen.insert(k.clone()));
+        }
+    }
+
+    /// Drops every copy that `doomed` picks; bumps the sequence first.
+    fn drop_where(&self, index: &mut Index, doomed: impl Fn(&Kept) -> bool) {
+        self.seq.fetch_add(1, Ordering::SeqCst);
+        for i in 0..SHARDS {
+            let mut shard = self.lock_shard(i);
+            let shard = &mut *shard;
+            let mut bytes = shard.bytes;
+            shard.map.retain(|_, copy| {
+                let gone = doomed(copy);
+                if gone {
+                    bytes -= copy.weight;
+                    index.copies.remove(&copy.entry);
+                }
+                !gone
+            });
+            shard.bytes = bytes;
+            if shard.map.is_empty() {
+                shard.order.clear();
+            }
         }
     }
 
@@ -246,68 +537,246 @@ impl Near {
     }
 }
 
+impl Watcher for Near {
+    fn changed(&self, change: Change<'_>) {
+        let mut index = self.lock_index();
+        match change {
+            Change::Entry(key) => {
+                self.seq.fetch_add(1, Ordering::SeqCst);
+                let Some(&func) = index.funcs.get(&key.func) else {
+                    return;
+                };
+                if let Some((near_key, at)) = index.copies.remove(&(func, key.hash)) {
+                    let mut shard = self.lock_shard(at);
+                    if let Some(gone) = shard.map.remove(&near_key) {
+                        shard.bytes -= gone.weight;
+                    }
+                }
+            }
+            Change::Function(func) => match index.funcs.get(func).copied() {
+                Some(func) => self.drop_where(&mut index, |copy| copy.entry.0 == func),
+                None => {
+                    self.seq.fetch_add(1, Ordering::SeqCst);
+                }
+            },
+            Change::Namespace => self.drop_where(&mut index, |_| true),
+            Change::Lost => {
+                self.live.store(false, Ordering::SeqCst);
+                self.drop_where(&mut index, |_| true);
+            }
+            Change::Resumed => {
+                self.drop_where(&mut index, |_| true);
+                self.live.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::{FuncId, Namespace};
+    use crate::key::{Key, Namespace};
 
-    fn key(i: u64) -> Key {
-        Key::for_args(
-            &Namespace::new("near").unwrap(),
-            &FuncId::new("f").unwrap(),
-            &i,
-        )
-        .unwrap()
+    fn ns() -> Namespace {
+        Namespace::new("near").unwrap()
+    }
+
+    fn key(func: &str, i: u64) -> Key {
+        Key::for_args(&ns(), &FuncId::new(func).unwrap(), &i).unwrap()
+    }
+
+    fn live(bounds: NearCache) -> Near {
+        let near = Near::new(bounds).unwrap();
+        near.started(Watching::Synchronous);
+        near
+    }
+
+    fn wanted() -> Wanted {
+        Wanted {
+            allow_none: false,
+            fresh_for: None,
+            now: Instant::now(),
+        }
+    }
+
+    /// Keeps `value` for key `i` of `func` with a fresh ticket.
+    fn put<T: Send + Sync + 'static>(near: &Near, func: &str, i: u64, weight: usize, value: T) {
+        let k = key(func, i);
+        let f = near.func_number(&k.func);
+        let ticket = near.ticket();
+        near.put(
+            &key_bytes(f, &k.hash),
+            (f, k.hash),
+            ticket,
+            Instant::now(),
+            Timestamp::now(),
+            weight,
+            false,
+            value,
+        );
+    }
+
+    fn get<T: Clone + 'static>(near: &Near, func: &str, i: u64) -> Option<T> {
+        let k = key(func, i);
+        let f = near.func_number(&k.func);
+        near.get::<T>(&key_bytes(f, &k.hash), &wanted())
     }
 
     #[test]
-    fn a_copy_is_served_only_for_the_bytes_it_came_from() {
-        let near = Near::new(NearCache::new()).unwrap();
-        let k = key(1);
-        let stored = Bytes::from(vec![1u8, 2, 3]);
-        near.put(&k, &stored, String::from("one"));
-        assert_eq!(near.get::<String>(&k, &stored).as_deref(), Some("one"));
-        assert_eq!(
-            near.get::<String>(&k, &stored.clone()).as_deref(),
-            Some("one")
+    fn copies_follow_reports() {
+        let near = live(NearCache::new());
+        put(&near, "f", 1, 3, String::from("one"));
+        put(&near, "f", 2, 3, String::from("two"));
+        put(&near, "g", 1, 3, String::from("g1"));
+        assert_eq!(get::<String>(&near, "f", 1).as_deref(), Some("one"));
+        assert_eq!(get::<Vec<u8>>(&near, "f", 1), None, "another type");
+        near.changed(Change::Entry(&key("f", 1)));
+        assert_eq!(get::<String>(&near, "f", 1), None);
+        assert_eq!(get::<String>(&near, "f", 2).as_deref(), Some("two"));
+        near.changed(Change::Function(&FuncId::new("f").unwrap()));
+        assert_eq!(get::<String>(&near, "f", 2), None);
+        assert_eq!(get::<String>(&near, "g", 1).as_deref(), Some("g1"));
+        assert_eq!(near.size(), (1, 3));
+        near.changed(Change::Namespace);
+        assert_eq!(near.size(), (0, 0));
+    }
+
+    #[test]
+    fn a_copy_read_before_a_report_is_not_kept() {
+        let near = live(NearCache::new());
+        let k = key("f", 1);
+        let f = near.func_number(&k.func);
+        let ticket = near.ticket();
+        // A change to any value between the ticket and the insertion.
+        near.changed(Change::Entry(&key("f", 9)));
+        let bytes = key_bytes(f, &k.hash);
+        let now = Instant::now();
+        near.put(
+            &bytes,
+            (f, k.hash),
+            ticket,
+            now,
+            Timestamp::now(),
+            1,
+            false,
+            1u8,
         );
-        // Equal content in another allocation, a slice of the same one, another type, another key.
-        assert_eq!(near.get::<String>(&k, &Bytes::from(vec![1u8, 2, 3])), None);
-        assert_eq!(near.get::<String>(&k, &stored.slice(..2)), None);
-        assert_eq!(near.get::<Vec<u8>>(&k, &stored), None);
-        assert_eq!(near.get::<String>(&key(2), &stored), None);
-        // Replaced: the new bytes are served, the old ones no more.
-        let newer = Bytes::from(vec![4u8]);
-        near.put(&k, &newer, String::from("two"));
-        assert_eq!(near.get::<String>(&k, &stored), None);
-        assert_eq!(near.get::<String>(&k, &newer).as_deref(), Some("two"));
+        assert_eq!(near.size(), (0, 0));
+        near.put(
+            &bytes,
+            (f, k.hash),
+            near.ticket(),
+            now,
+            Timestamp::now(),
+            1,
+            false,
+            1u8,
+        );
         assert_eq!(near.size(), (1, 1));
     }
 
     #[test]
+    fn an_asynchronous_watcher_serves_only_between_resumed_and_lost() {
+        let near = Near::new(NearCache::new()).unwrap();
+        near.started(Watching::Asynchronous);
+        put(&near, "f", 1, 1, 1u8);
+        assert_eq!(near.size(), (0, 0), "not live before Resumed");
+        near.changed(Change::Resumed);
+        put(&near, "f", 1, 1, 1u8);
+        assert_eq!(get::<u8>(&near, "f", 1), Some(1));
+        near.changed(Change::Lost);
+        assert_eq!(near.size(), (0, 0), "Lost empties it");
+        put(&near, "f", 1, 1, 1u8);
+        assert_eq!(near.size(), (0, 0), "and nothing is kept until Resumed");
+        near.changed(Change::Resumed);
+        put(&near, "f", 1, 1, 1u8);
+        assert_eq!(get::<u8>(&near, "f", 1), Some(1));
+    }
+
+    #[test]
+    fn freshness_ttl_and_none_are_judged_on_every_hit() {
+        let near = live(NearCache::new().ttl(Duration::from_millis(50)));
+        let k = key("f", 1);
+        let f = near.func_number(&k.func);
+        let bytes = key_bytes(f, &k.hash);
+        let read_at = Instant::now();
+        let stored_at = Timestamp::now().sub(Duration::from_secs(10));
+        near.put(
+            &bytes,
+            (f, k.hash),
+            near.ticket(),
+            read_at,
+            stored_at,
+            1,
+            true,
+            None::<u8>,
+        );
+        let mut w = wanted();
+        assert_eq!(
+            near.get::<Option<u8>>(&bytes, &w),
+            None,
+            "None without allow_none"
+        );
+        w.allow_none = true;
+        assert_eq!(near.get::<Option<u8>>(&bytes, &w), Some(None));
+        w.fresh_for = Some(Duration::from_secs(10));
+        assert_eq!(near.get::<Option<u8>>(&bytes, &w), None, "stale");
+        w.fresh_for = Some(Duration::from_secs(11));
+        assert_eq!(near.get::<Option<u8>>(&bytes, &w), Some(None));
+        w.now = read_at + Duration::from_millis(50);
+        assert_eq!(near.get::<Option<u8>>(&bytes, &w), None, "past its ttl");
+    }
+
+    #[test]
+    fn one_copy_per_entry() {
+        let near = live(NearCache::new());
+        let k = key("f", 1);
+        let f = near.func_number(&k.func);
+        let by_args = [BY_ARGS, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+        let now = Instant::now();
+        near.put(
+            &by_args,
+            (f, k.hash),
+            near.ticket(),
+            now,
+            Timestamp::now(),
+            1,
+            false,
+            1u8,
+        );
+        put(&near, "f", 1, 1, 2u8);
+        assert_eq!(near.size(), (1, 1));
+        assert_eq!(near.get::<u8>(&by_args, &wanted()), None);
+        near.changed(Change::Entry(&k));
+        assert_eq!(near.size(), (0, 0));
+    }
+
+    #[test]
     fn bounds_hold_and_used_copies_stay() {
-        let near = Near::new(NearCache::new().max_entries(SHARDS * 4).max_bytes(1 << 20)).unwrap();
-        let hot: Vec<(Key, Bytes)> = (0..8)
-            .map(|i| (key(i), Bytes::from(vec![i as u8; 10])))
-            .collect();
-        for (k, b) in &hot {
-            near.put(k, b, 0u64);
+        let near = live(NearCache::new().max_entries(SHARDS * 4).max_bytes(1 << 20));
+        for i in 0..8 {
+            put(&near, "f", i, 10, i);
         }
         for i in 100..10_000u64 {
-            for (k, b) in &hot {
-                assert!(near.get::<u64>(k, b).is_some(), "hot copy lost at {i}");
+            for h in 0..8 {
+                assert!(get::<u64>(&near, "f", h).is_some(), "hot copy lost at {i}");
             }
-            near.put(&key(i), &Bytes::from(vec![0u8; 10]), i);
+            put(&near, "f", i, 10, i);
             let (n, bytes) = near.size();
             assert!(
                 n <= SHARDS * 4 && bytes == n * 10,
                 "{n} copies, {bytes} bytes"
             );
-        }
-        for (k, b) in &hot {
             assert_eq!(
-                near.get::<u64>(k, b),
-                Some(0),
+                near.lock_index().copies.len(),
+                n,
+                "the index follows the copies"
+            );
+        }
+        for h in 0..8 {
+            assert_eq!(
+                get::<u64>(&near, "f", h),
+                Some(h),
                 "a copy used every round stays"
             );
         }
@@ -315,15 +784,18 @@ mod tests {
 
     #[test]
     fn the_byte_bound_holds_and_large_values_are_not_kept() {
-        let near = Near::new(NearCache::new().max_bytes(SHARDS * 1000)).unwrap();
-        let big = Bytes::from(vec![0u8; 1001]);
-        near.put(&key(0), &big, ());
+        let near = live(NearCache::new().max_bytes(SHARDS * 1000));
+        put(&near, "f", 0, 1001, ());
         assert_eq!(near.size(), (0, 0));
         for i in 0..10_000 {
-            near.put(&key(i), &Bytes::from(vec![0u8; 100]), ());
+            put(&near, "f", i, 100, ());
             let (n, bytes) = near.size();
             assert!(bytes <= SHARDS * 1000, "{bytes} bytes in {n} copies");
         }
+        assert!(
+            near.size().0 >= SHARDS * 5,
+            "the shards fill up to their bound"
+        );
         assert!(Near::new(NearCache::disabled()).is_none());
         assert!(Near::new(NearCache::new().max_entries(0)).is_none());
     }

@@ -19,6 +19,7 @@
 //! the function fail-open where it cannot.
 
 use std::future::Future;
+use std::time::Instant;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -41,8 +42,15 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Computed<T, E>>,
 {
-    f.run_keyed(CallOptions::default(), key, compute, None)
-        .await
+    f.run_keyed(
+        CallOptions::default(),
+        key,
+        None,
+        Instant::now(),
+        compute,
+        None,
+    )
+    .await
 }
 
 /// An `async fn` under the attribute with `next_time`: `compute` may borrow, the future it
@@ -59,8 +67,15 @@ where
     Fut: Future<Output = Computed<T, E>> + Send + 'static,
 {
     let refresh: Refresh<F> = refresh_detached::<T, E, F, Fut>;
-    f.run_keyed(CallOptions::default(), key, compute, Some(refresh))
-        .await
+    f.run_keyed(
+        CallOptions::default(),
+        key,
+        None,
+        Instant::now(),
+        compute,
+        Some(refresh),
+    )
+    .await
 }
 
 /// Makes the `'static` future now, while the caller's borrows are alive, and refreshes with it.
