@@ -2,7 +2,9 @@
 //! client-side caching in broadcasting mode.
 //!
 //! One dedicated RESP3 connection per [`RedisCore`](crate::RedisCore), opened by a background
-//! task on the first `watch` and shared by every watcher of the core. It turns tracking on with
+//! task once a watcher is registered and shared by every watcher of the core. A watcher
+//! dropped before the task sees it (a front end that asked, then built no near cache) opens
+//! nothing, and the connection is closed at the next heartbeat once every watcher is gone. It turns tracking on with
 //! `CLIENT TRACKING on BCAST PREFIX {<namespace>:` for every watched namespace, so the server
 //! pushes the name of every key of those namespaces that anyone changes (a write, `DEL`,
 //! `UNLINK`, an expiry, an eviction) as an `invalidate` message, and a null `invalidate` on
@@ -85,6 +87,13 @@ struct State {
 }
 
 impl State {
+    /// Whether any registered watcher is still alive.
+    fn has_watchers(&self) -> bool {
+        self.namespaces
+            .values()
+            .any(|w| w.slots.iter().any(|slot| slot.watcher.strong_count() > 0))
+    }
+
     /// Reports `change` to every watcher of `namespace` (forgetting dropped ones).
     fn report(&mut self, namespace: &str, change: Change<'_>) {
         if let Some(watchers) = self.namespaces.get_mut(namespace) {
@@ -318,8 +327,23 @@ impl Tracking {
     }
 }
 
-/// Adds the watcher to the table; `true` if its namespace is new to the table.
-fn register(shared: &Shared, namespace: &Namespace, watcher: Weak<dyn Watcher>) -> bool {
+/// What [`register`] did.
+#[derive(PartialEq, Eq)]
+enum Registered {
+    /// The watcher was dropped before the task saw it: nothing to do (a front end that asked
+    /// whether the core reports changes, then decided against a near cache).
+    Gone,
+    /// The first watcher of its namespace.
+    NewNamespace,
+    /// Another watcher of a namespace already watched.
+    Added,
+}
+
+/// Adds the watcher to the table.
+fn register(shared: &Shared, namespace: &Namespace, watcher: Weak<dyn Watcher>) -> Registered {
+    if watcher.strong_count() == 0 {
+        return Registered::Gone;
+    }
     let mut state = shared.state();
     let new = !state.namespaces.contains_key(namespace.as_str());
     let watchers = state
@@ -337,7 +361,11 @@ fn register(shared: &Shared, namespace: &Namespace, watcher: Weak<dyn Watcher>) 
         watcher,
         live: false,
     });
-    new
+    if new {
+        Registered::NewNamespace
+    } else {
+        Registered::Added
+    }
 }
 
 /// The background task: keeps the tracking connection until the core is dropped.
@@ -350,11 +378,13 @@ async fn run(
     let mut backoff = Duration::ZERO;
     let mut warned = false;
     loop {
-        // No connection: register watchers until it is time to try.
+        // No connection: register watchers until it is time to try, and while nobody watches
+        // (every watcher dropped, or none registered yet), do not connect at all.
         let retry_at = tokio::time::Instant::now() + backoff;
         loop {
+            let wanted = shared.state().has_watchers();
             tokio::select! {
-                () = tokio::time::sleep_until(retry_at) => break,
+                () = tokio::time::sleep_until(retry_at), if wanted => break,
                 command = commands.recv() => match command {
                     None => return,
                     Some(Command::Watch(namespace, watcher)) => {
@@ -376,10 +406,13 @@ async fn run(
                 }
                 warned = false;
                 backoff = BACKOFF_START;
-                let served = serve(connection, timeouts, &shared, generation, &mut commands).await;
-                if let Served::CoreDropped = served {
-                    shared.state().lose(generation);
-                    return;
+                match serve(connection, timeouts, &shared, generation, &mut commands).await {
+                    Served::Gone => {}
+                    Served::CoreDropped => {
+                        shared.state().lose(generation);
+                        return;
+                    }
+                    Served::Idle => backoff = Duration::ZERO,
                 }
             }
             Err(e) => {
@@ -470,7 +503,11 @@ async fn serve(
             command = commands.recv() => match command {
                 None => return Served::CoreDropped,
                 Some(Command::Watch(namespace, watcher)) => {
-                    let new = register(shared, &namespace, watcher);
+                    let registered = register(shared, &namespace, watcher);
+                    if registered == Registered::Gone {
+                        continue;
+                    }
+                    let new = registered == Registered::NewNamespace;
                     let tracked = {
                         let state = shared.state();
                         state.namespaces.get(namespace.as_str())
@@ -490,6 +527,10 @@ async fn serve(
             },
             () = shared.lost.notified() => {}
             _ = heartbeat.tick() => {
+                if !shared.state().has_watchers() {
+                    debug!("no redis change watcher left; closing the tracking connection");
+                    return Served::Idle;
+                }
                 let ping = tokio::time::timeout(
                     timeouts.response,
                     redis::cmd("PING").query_async::<()>(&mut connection),
@@ -513,4 +554,6 @@ enum Served {
     Gone,
     /// The core was dropped: stop.
     CoreDropped,
+    /// Every watcher was dropped: close the connection until one registers.
+    Idle,
 }

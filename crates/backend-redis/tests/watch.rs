@@ -379,6 +379,62 @@ async fn watching_before_the_server_is_up_resumes_once_it_is() {
     assert_eq!(recorder.reports(), [Report::Resumed]);
 }
 
+/// How many RESP3 connections (the tracking connection is the only one) the server has.
+fn resp3_clients(server: &PrivateServer) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut admin(&server.url()))
+        .unwrap();
+    list.lines().filter(|l| l.contains(" resp=3")).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tracking_connection_without_a_live_watcher() {
+    let server = PrivateServer::start();
+    let ns = unique_namespace("no_watcher");
+    let core: Arc<RedisCore> = core_at(&server.url()).await;
+    // A front end without a near cache asks, then drops its watcher at once.
+    let cache = cachier_core::Cachier::builder(core.clone())
+        .with_namespace(ns.clone())
+        .build();
+    assert_eq!(cache.near_cache_coherence(), None);
+    let dropped = Recorder::new();
+    core.watch(&ns, dropped.weak());
+    drop(dropped);
+    // A watcher that the task saw alive may have opened the connection; it closes at the next
+    // heartbeat (1 s) once no watcher is left.
+    resp3_clients_become(&server, 0).await;
+
+    let recorder = Recorder::new();
+    core.watch(&ns, recorder.weak());
+    recorder.wait_live(SOON).await;
+    assert_eq!(resp3_clients(&server), 1);
+    // One connection per core, whatever the number of watchers and namespaces.
+    let other = Recorder::new();
+    core.watch(&unique_namespace("no_watcher_2"), other.weak());
+    other.wait_live(SOON).await;
+    assert_eq!(resp3_clients(&server), 1);
+    // Gone with the last watcher; back with the next one.
+    drop((recorder, other));
+    resp3_clients_become(&server, 0).await;
+    let again = Recorder::new();
+    core.watch(&ns, again.weak());
+    again.wait_live(SOON).await;
+    assert_eq!(resp3_clients(&server), 1);
+}
+
+async fn resp3_clients_become(server: &PrivateServer, expected: usize) {
+    let deadline = Instant::now() + SOON;
+    while resp3_clients(server) != expected {
+        assert!(
+            Instant::now() < deadline,
+            "{} tracking connections, not {expected}",
+            resp3_clients(server)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 // Cross-process: writes in a child process, reports here, and the delay between them.
 
 const CHILD_NAMESPACE: &str = "CACHIER_REDIS_TEST_WATCH_NAMESPACE";
