@@ -381,6 +381,7 @@ async fn breakdown(
     let before = f.stats();
     let series = compare!(ctx.plan, {
         "cachier call" => f.call(&0u64, || async { Vec::<u8>::new() }).await,
+        "core.get_value (GET entry)" => dyn_core.get_value(&key).await,
         "core.get (MGET entry claim)" => dyn_core.get(&key).await,
         "raw MGET entry claim" => redis::cmd("MGET")
             .arg(name)

@@ -138,7 +138,7 @@
 //! How each operation works on a cluster:
 //!
 //! - **Routing**: the whole entry name is the hash tag, so an entry, its claim and its wake-up
-//!   channel share one slot. A hit is still one `MGET` to the slot's primary; claims, renewals
+//!   channel share one slot. A hit is still one `GET` to the slot's primary; claims, renewals
 //!   and releases are the same Lua scripts, routed by their key. `set` and `remove` are one
 //!   script each instead of `MULTI`/`EXEC` (the cluster client follows `MOVED` and `ASK` for a
 //!   single command but not for a transaction). Scripts are sent with `EVALSHA`, and with
