@@ -206,10 +206,7 @@ pub(crate) fn parse_name(name: &[u8]) -> Name<'_> {
         return Name::Foreign(namespace);
     };
     if text.ends_with(CLAIM_SUFFIX)
-        && matches!(
-            parse_entry(&text[..text.len() - CLAIM_SUFFIX.len()]),
-            Some(_)
-        )
+        && parse_entry(&text[..text.len() - CLAIM_SUFFIX.len()]).is_some()
     {
         return Name::Claim;
     }

@@ -513,12 +513,13 @@ async fn serve(
                         state.namespaces.get(namespace.as_str())
                             .is_some_and(|w| w.tracked_on == Some(generation))
                     };
-                    if new || !tracked {
-                        if let Err(e) = track(&mut connection, &[namespace.clone()]).await {
-                            warn!(error = %e, "redis change tracking of a new namespace \
-                                failed; reconnecting");
-                            return Served::Gone;
-                        }
+                    if (new || !tracked)
+                        && let Err(e) =
+                            track(&mut connection, std::slice::from_ref(&namespace)).await
+                    {
+                        warn!(error = %e, "redis change tracking of a new namespace failed; \
+                            reconnecting");
+                        return Served::Gone;
                     }
                     if !shared.state().resume(generation, namespace.as_str()) {
                         return Served::Gone;
