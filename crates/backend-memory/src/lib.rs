@@ -19,7 +19,20 @@
 //! A [`Key`](cachier_core::Key) is namespace, function id and argument hash; both structures
 //! hash it with a fold seeded per store from the operating system's random source.
 //!
-//! A hit is one `moka` read (in `cargo xtask bench memory`, `core.get` took 158 ns against
+//! ## Changes are reported: the front end's near cache
+//!
+//! The store [watches](cachier_core::Core::watch) synchronously: every `set`, `remove`,
+//! `clear`, `clear_namespace` and `delete_stale` tells each watcher of the namespace (one per
+//! `Cachier` built over the store, held weakly) before it returns. So the front end keeps its
+//! near cache of decoded values on by default over this store, and a hit is a lookup and a
+//! clone in that near cache, without reaching the store at all; a change made through any
+//! handle of the store is never missed. Values evicted for the bound are not reported: they
+//! did not change, so a near copy of one is still the value (the near cache has its own bound),
+//! and reporting them would drop the near copies of a hot set whose reads the eviction policy
+//! then never sees, so it would evict the hot set again and again (`tests/bounded.rs` fell from
+//! over 95 % hot hits to 89 %).
+//!
+//! A read that reaches the store is one `moka` read (in `cargo xtask bench memory`, `core.get` took 158 ns against
 //! 73 ns for the unbounded map it replaced). Keeping values in a plain map and telling the
 //! policy about only some reads was tried and dropped: the policy admits a new value only over
 //! values it has seen read less often, so once full, a store whose policy missed the reads

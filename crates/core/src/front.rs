@@ -628,6 +628,22 @@ impl Function {
 const SPIN_PAUSE_MIN: Duration = Duration::from_millis(2);
 const SPIN_PAUSE_MAX: Duration = Duration::from_millis(100);
 
+/// One near hit in this many (per thread) is timed; see [`Function::near_hit`].
+pub(crate) const NEAR_HIT_TIMING: u32 = 16;
+
+/// Whether this near hit is one of those timed.
+#[inline]
+fn time_this_near_hit() -> bool {
+    thread_local! {
+        static NEAR_HITS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    }
+    NEAR_HITS.with(|hits| {
+        let n = hits.get().wrapping_add(1);
+        hits.set(n);
+        n % NEAR_HIT_TIMING == 1
+    })
+}
+
 /// What a look in the near cache found.
 enum NearProbe<T> {
     Hit(T),
@@ -671,22 +687,29 @@ impl Function {
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Computed<T, E>> + Send + 'static,
     {
-        let started = Instant::now();
         let refresh: Refresh<F> = Function::refresh_in_background::<T, E, F, Fut>;
-        let (key, near_key) = match self.near_for(&opts) {
-            None => (self.key(args), None),
-            Some(near) => match self.near_by_args::<A, T>(near, &opts, args, started) {
-                NearProbe::Hit(value) => return Ok(Ok(value)),
-                NearProbe::Miss(near_key, hash) => (
-                    Ok(Key::new(
-                        self.cache.inner.namespace.clone(),
-                        self.id.clone(),
-                        hash,
-                    )),
-                    Some(near_key),
-                ),
-                NearProbe::Unusable => (self.key(args), None),
-            },
+        let (key, near_key, started) = match self.near_for(&opts) {
+            None => (self.key(args), None, Instant::now()),
+            Some(near) => {
+                // A copy's ttl needs the time; otherwise a near hit is timed one in
+                // `NEAR_HIT_TIMING` (see `Function::near_hit`).
+                let clock = (near.has_ttl() || time_this_near_hit()).then(Instant::now);
+                match self.near_by_args::<A, T>(near, &opts, args, clock) {
+                    NearProbe::Hit(value) => return Ok(Ok(value)),
+                    NearProbe::Miss(near_key, hash) => (
+                        Ok(Key::new(
+                            self.cache.inner.namespace.clone(),
+                            self.id.clone(),
+                            hash,
+                        )),
+                        Some(near_key),
+                        clock.unwrap_or_else(Instant::now),
+                    ),
+                    NearProbe::Unusable => {
+                        (self.key(args), None, clock.unwrap_or_else(Instant::now))
+                    }
+                }
+            }
         };
         self.run_keyed(opts, key, near_key, started, compute, Some(refresh))
             .await
@@ -710,7 +733,7 @@ impl Function {
 
     /// What a call asks of a near copy.
     #[inline]
-    fn wanted(&self, opts: &CallOptions, now: Instant) -> Wanted {
+    fn wanted(&self, opts: &CallOptions, now: Option<Instant>) -> Wanted {
         Wanted {
             allow_none: self.settings.allow_none,
             fresh_for: match (self.settings.stale_after, opts.max_age) {
@@ -729,7 +752,7 @@ impl Function {
         near: &Near,
         opts: &CallOptions,
         args: &A,
-        started: Instant,
+        started: Option<Instant>,
     ) -> NearProbe<T>
     where
         A: Serialize + ?Sized,
@@ -746,11 +769,12 @@ impl Function {
                 // The normal path reports it.
                 return NearProbe::Unusable;
             }
-            if let Some(value) = near.get::<T>(buf, &self.wanted(opts, started)) {
+            let probe = near.probe(buf);
+            if let Some(value) = near.get::<T>(&probe, &self.wanted(opts, started)) {
                 self.near_hit(started);
                 return NearProbe::Hit(value);
             }
-            NearProbe::Miss(NearKey::new(buf), ArgHash::of_encoded(&buf[5..]))
+            NearProbe::Miss(probe.to_key(), ArgHash::of_encoded(&buf[5..]))
         };
         ENCODED.with(|cell| match cell.try_borrow_mut() {
             Ok(mut buf) => {
@@ -765,9 +789,12 @@ impl Function {
         })
     }
 
-    /// Counts and times a call answered by the near cache, in its span.
+    /// Counts and times a call answered by the near cache, in its span. Two reads of the clock
+    /// would be a quarter of such a call, so only one in [`NEAR_HIT_TIMING`] (per thread) is
+    /// timed (`started` is `Some`); the others are recorded with the latest time measured for a
+    /// near hit of this function.
     #[inline]
-    fn near_hit(&self, started: Instant) {
+    fn near_hit(&self, started: Option<Instant>) {
         let inner = &self.cache.inner;
         let span = tracing::debug_span!(
             "cachier.call",
@@ -779,8 +806,15 @@ impl Function {
         span.record("outcome", Outcome::Hit.as_str());
         self.maybe_clean_up();
         self.counters.count(Event::Hit);
-        self.counters
-            .record_latency(started.elapsed(), Outcome::Hit);
+        let took = match started {
+            Some(started) => {
+                let took = started.elapsed();
+                self.counters.near_hit_took(took);
+                took
+            }
+            None => self.counters.near_hit_time(),
+        };
+        self.counters.record_latency(took, Outcome::Hit);
     }
 
     /// [`Function::run`] with the key already made, for compute steps that need not be
@@ -804,11 +838,12 @@ impl Function {
             (Some(near_key), _, _) => Some(near_key),
             (None, Ok(key), Some(near)) => {
                 let bytes = near::key_bytes(self.near_number, &key.hash);
-                if let Some(value) = near.get::<T>(&bytes, &self.wanted(&opts, started)) {
-                    self.near_hit(started);
+                let probe = near.probe(&bytes);
+                if let Some(value) = near.get::<T>(&probe, &self.wanted(&opts, Some(started))) {
+                    self.near_hit(Some(started));
                     return Ok(Ok(value));
                 }
-                Some(NearKey::new(&bytes))
+                Some(probe.to_key())
             }
             (None, _, _) => None,
         };
@@ -1150,7 +1185,7 @@ impl Function {
             return;
         };
         near.put(
-            near_key.as_bytes(),
+            near_key,
             (self.near_number, key.hash),
             ticket,
             read_at,

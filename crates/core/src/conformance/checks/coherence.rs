@@ -1,5 +1,6 @@
 //! Hits follow the store: whatever a front end keeps in process to serve hits faster (the near
-//! cache of decoded values, on a backend that shares its stored bytes), a call never returns
+//! cache of decoded values, on by default where the backend reports changes synchronously), a
+//! call never returns
 //! a value the backend no longer holds once the change that replaced it has returned, whoever
 //! made it. These checks change values through a second front end and through the `Core`
 //! itself, with values of the same length and the same `stored_at`, so that no shortcut
@@ -10,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use super::{counter, sealed};
 use crate::conformance::{Harness, Outcome, func_id};
-use crate::{CallOptions, NearCache, Timestamp};
+use crate::{CallOptions, Timestamp};
 
 /// A value, a change from elsewhere, a removal and a clear: each is seen by the next call of a
 /// front end that has been serving hits all along.
@@ -103,35 +104,6 @@ pub async fn hits_after_an_overwrite_serve_the_new_value(h: &Harness) -> Outcome
     assert_eq!(overwritten, [2, 2, 2]);
     assert_eq!(hit().await, [2, 2, 2]);
     assert_eq!(hit().await, [2, 2, 2]);
-    Outcome::Passed
-}
-
-/// Far more keys than a small near cache holds, hit in turn: every call returns its own key's
-/// value, and every call of the second round is a hit.
-pub async fn many_keys_through_a_small_near_cache(h: &Harness) -> Outcome {
-    let s = h.scope().await;
-    let f = s
-        .builder()
-        .near_cache(NearCache::new().max_entries(16).max_bytes(4096))
-        .build()
-        .function(func_id("f"));
-    const KEYS: u64 = 300;
-    for round in 0..3 {
-        for i in 0..KEYS {
-            let v: String = f
-                .call(&i, move || async move { format!("value {i:05}") })
-                .await
-                .expect("call");
-            assert_eq!(v, format!("value {i:05}"), "round {round}");
-        }
-        h.step(format!("round {round} done"));
-    }
-    let stats = f.stats();
-    assert_eq!(
-        (stats.computations, stats.hits),
-        (KEYS, 2 * KEYS),
-        "{stats:?}"
-    );
     Outcome::Passed
 }
 

@@ -3,7 +3,7 @@
 //!
 //! They are grouped by theme, one file each: the storage contract spoken to the
 //! [`Core`](crate::Core) directly (`storage`, `claims`, `removal`, `isolation`, `waiting`), the
-//! call algorithm through the [`Cachier`](crate::Cachier) front end (`calls`, `coherence`,
+//! call algorithm through the [`Cachier`](crate::Cachier) front end (`calls`, `coherence`, `near`,
 //! `bad_data`, `concurrency`, and the front-end half of `waiting`), and the checks that start other OS
 //! processes. Every check is re-exported here, so the suite names each
 //! as `checks::NAME`.
@@ -27,6 +27,7 @@ mod coherence;
 mod concurrency;
 mod freshness;
 mod isolation;
+mod near;
 mod outage;
 mod removal;
 mod storage;
@@ -42,6 +43,7 @@ pub use coherence::*;
 pub use concurrency::*;
 pub use freshness::*;
 pub use isolation::*;
+pub use near::*;
 pub use outage::*;
 pub use removal::*;
 pub use storage::*;
@@ -102,6 +104,7 @@ mod tests {
         ("concurrency.rs", include_str!("concurrency.rs")),
         ("freshness.rs", include_str!("freshness.rs")),
         ("isolation.rs", include_str!("isolation.rs")),
+        ("near.rs", include_str!("near.rs")),
         ("outage.rs", include_str!("outage.rs")),
         ("removal.rs", include_str!("removal.rs")),
         ("storage.rs", include_str!("storage.rs")),
