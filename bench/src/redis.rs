@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cachier_core::codec::{self, DEFAULT_DECODE_LIMIT};
-use cachier_core::{Cachier, Core, DefaultCodec, Function, Key};
+use cachier_core::{Cachier, Core, DefaultCodec, Function, Key, NearCache};
 use cachier_redis::{Config, RedisCore};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -218,8 +218,16 @@ async fn measure(
             }
             check_hits_only("redis throughput", &before, &f.stats())?;
             add_throughput(report, TARGET, tasks, &ours, &[("raw GET", theirs)]);
+            if tasks > 1
+                && let Some(row) = report.rows.last_mut()
+            {
+                // The hit-path goal: under concurrency, at most 1.2x slower than raw GET.
+                row.goal = Some(1.2);
+            }
         }
     }
+
+    near_hit(ctx, core, cache, report).await?;
 
     // Hit cost with many entries stored.
     for n in ctx.scale_counts(false) {
@@ -266,6 +274,67 @@ async fn measure(
     // Leave the server time to publish nothing further before cleanup.
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(stampede_ok)
+}
+
+/// A 100 B hit with the near cache on (decoded values kept in process, kept coherent by
+/// Redis client-side tracking), against a `moka` get of the same value and against the same
+/// hit without the near cache.
+async fn near_hit(
+    ctx: &Ctx,
+    core: &Arc<RedisCore>,
+    cache: &Cachier,
+    report: &mut Report,
+) -> BenchResult<()> {
+    let near_cache = Cachier::builder(core.clone())
+        .with_namespace(cache.namespace().clone())
+        .near_cache(NearCache::new())
+        .strict(true)
+        .build();
+    let name = func("near_hit");
+    let near = near_cache.function(name.clone());
+    let far = cache.function(name);
+    let value = value_of(100);
+    store_and_check(&far, 0, &value).await?;
+    // The near copy is kept once the tracking connection is up: call until a hit is served
+    // without a round trip (or give up after 5 s; the row then shows what happened).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let started = std::time::Instant::now();
+        near.call(&0u64, || async { Vec::<u8>::new() })
+            .await
+            .ctx("near hit")?;
+        if started.elapsed() < Duration::from_micros(20) || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let moka = moka::sync::Cache::<u64, Vec<u8>>::new(u64::MAX);
+    moka.insert(0, value.clone());
+    let (near_before, far_before) = (near.stats(), far.stats());
+    let series = compare!(ctx.plan, {
+        "cachier call, near cache" => near.call(&0u64, || async { Vec::<u8>::new() }).await,
+        "moka get" => moka.get(&0u64),
+        "cachier call, no near cache" => far.call(&0u64, || async { Vec::<u8>::new() }).await,
+    });
+    check_hits_only("redis near hit", &near_before, &near.stats())?;
+    check_hits_only("redis far hit", &far_before, &far.stats())?;
+    let (near_series, moka_series, far_series) =
+        (series[0].clone(), series[1].clone(), series[2].clone());
+    report.add_comparison(
+        TARGET,
+        "hit 100 B Vec<u8>, near cache",
+        &[near_series.clone(), moka_series],
+        &[(1, 2.0)],
+        "near copies dropped on Redis invalidation pushes (CLIENT TRACKING BCAST)",
+    );
+    report.add_comparison(
+        TARGET,
+        "hit 100 B Vec<u8>: what the near cache saves",
+        &[far_series, near_series],
+        &[],
+        "ratio = the Redis hit (one GET) / the near hit",
+    );
+    Ok(())
 }
 
 /// A hit of a `size`-byte value of type `T`, against a raw `GET` of the same entry.
@@ -321,6 +390,7 @@ async fn breakdown(
     let before = f.stats();
     let series = compare!(ctx.plan, {
         "cachier call" => f.call(&0u64, || async { Vec::<u8>::new() }).await,
+        "core.get_value (GET entry)" => dyn_core.get_value(&key).await,
         "core.get (MGET entry claim)" => dyn_core.get(&key).await,
         "raw MGET entry claim" => redis::cmd("MGET")
             .arg(name)

@@ -122,7 +122,7 @@ async fn measure(
             &format!("hit {label} Vec<u8>"),
             &series,
             &[(1, 1.2)],
-            "the same stored bytes; MGET of entry and claim (one slot) vs GET",
+            "the same stored bytes; one GET of the entry each",
         );
     }
     stampede(TARGET, cache, if ctx.quick { 3 } else { 10 }, report).await

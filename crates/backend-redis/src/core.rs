@@ -1,13 +1,14 @@
 //! [`RedisCore`]: the [`Core`] implementation on Redis.
 
 use std::fmt;
+use std::sync::Weak;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use cachier_core::{
-    Capabilities, Claim, ClaimToken, Core, Entry, Error, ErrorKind, FuncId, Key, Namespace, Result,
-    Timestamp,
+    Capabilities, Change, Claim, ClaimToken, Core, Entry, Error, ErrorKind, FuncId, Key, Namespace,
+    Result, Timestamp, Watcher, Watching,
 };
 use redis::{RedisError, Script, ServerErrorKind};
 use tracing::warn;
@@ -15,6 +16,7 @@ use tracing::warn;
 use crate::config::{Config, Deployment};
 use crate::connection::Connection;
 use crate::layout;
+use crate::tracking::Tracking;
 use crate::wakeup::{Timeouts, Wakeups};
 
 const BACKEND: &str = "redis";
@@ -168,6 +170,8 @@ pub struct RedisCore {
     connection: Connection,
     config: Config,
     wakeups: Wakeups,
+    /// Change reports for near caches ([`Core::watch`]).
+    tracking: Tracking,
     /// How a wake-up is announced: `PUBLISH` on one server, `SPUBLISH` (sharded pub/sub) on a
     /// cluster, nothing on a cluster without sharded pub/sub (waiters poll there).
     publish: &'static str,
@@ -241,8 +245,12 @@ impl RedisCore {
             connect: config.connect_timeout(),
             response: config.response_timeout(),
         };
-        let (wakeups, publish) = match config.deployment() {
-            Deployment::Single(client) => (Wakeups::new(client.clone(), timeouts), "PUBLISH"),
+        let (wakeups, tracking, publish) = match config.deployment() {
+            Deployment::Single(client) => (
+                Wakeups::new(client.clone(), timeouts),
+                Tracking::new(client, timeouts).map_err(|e| redis_error("connect", e))?,
+                "PUBLISH",
+            ),
             #[cfg(feature = "cluster")]
             Deployment::Cluster(seeds) => (
                 Wakeups::cluster(
@@ -251,6 +259,8 @@ impl RedisCore {
                     timeouts,
                 )
                 .map_err(|e| redis_error("connect", e))?,
+                // Client-side tracking is per node; see the crate docs (Redis Cluster).
+                Tracking::none(timeouts),
                 "SPUBLISH",
             ),
         };
@@ -258,6 +268,7 @@ impl RedisCore {
             connection,
             config,
             wakeups,
+            tracking,
             publish,
             claim_script: LuaScript::new(CLAIM_SCRIPT),
             renew_script: LuaScript::new(RENEW_SCRIPT),
@@ -424,6 +435,20 @@ impl RedisCore {
         stored_at: Timestamp,
         expire_after: Option<Duration>,
     ) -> Result<()> {
+        let outcome = self.store_entry(key, value, stored_at, expire_after).await;
+        // Also after a failure: the server may have stored the value before the reply was lost.
+        self.tracking.entry_changed_here(key);
+        outcome
+    }
+
+    /// The write of [`RedisCore::store`].
+    async fn store_entry(
+        &self,
+        key: &Key,
+        value: Bytes,
+        stored_at: Timestamp,
+        expire_after: Option<Duration>,
+    ) -> Result<()> {
         if value.len() as u64 > MAX_VALUE_BYTES {
             return Err(Error::too_large(format!(
                 "a value of {} bytes exceeds Redis' limit of {MAX_VALUE_BYTES} bytes",
@@ -471,6 +496,105 @@ impl RedisCore {
             .map_err(|e| redis_error("set", e).with_key(key))?;
         Ok(())
     }
+
+    /// The removal of [`Core::remove`].
+    async fn remove_entry(&self, key: &Key) -> Result<bool> {
+        if self.is_cluster() {
+            let removed: u64 = self
+                .remove_script
+                .run_keys(&mut self.connection(), 2, |cmd| {
+                    cmd.arg(layout::entry_key(key))
+                        .arg(layout::claim_key(key))
+                        .arg(layout::wake_channel(key))
+                        .arg(self.publish);
+                })
+                .await
+                .map_err(|e| redis_error("remove", e).with_key(key))?;
+            return Ok(removed > 0);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("UNLINK")
+            .arg(layout::entry_key(key))
+            .cmd("DEL")
+            .arg(layout::claim_key(key))
+            .ignore();
+        if !self.publish.is_empty() {
+            pipe.cmd(self.publish)
+                .arg(layout::wake_channel(key))
+                .arg("remove")
+                .ignore();
+        }
+        let (removed,): (u64,) = pipe
+            .query_async(&mut self.connection())
+            .await
+            .map_err(|e| redis_error("remove", e).with_key(key))?;
+        Ok(removed > 0)
+    }
+
+    /// The removal of [`Core::clear`].
+    async fn clear_function(&self, namespace: &Namespace, func: &FuncId) -> Result<u64> {
+        let pattern = layout::func_all_pattern(namespace, func);
+        self.scan_batches(&pattern, "clear", |keys| self.unlink_mixed(keys, "clear"))
+            .await
+            .map_err(|e| e.with_key(format!("{namespace}/{func}")))
+    }
+
+    /// The removal of [`Core::delete_stale`].
+    async fn delete_stale_entries(
+        &self,
+        namespace: &Namespace,
+        func: &FuncId,
+        stored_before: Timestamp,
+    ) -> Result<u64> {
+        let pattern = layout::func_entries_pattern(namespace, func);
+        let script = Script::new(DELETE_STALE_SCRIPT);
+        self.scan_batches(&pattern, "delete_stale", |keys| {
+            let script = &script;
+            async move {
+                if self.is_cluster() {
+                    // The keys lie in many slots: one script call per key (each routed to
+                    // its slot's node, sent as `EVAL` where the node lacks it), all at once.
+                    let lua = LuaScript::new(DELETE_STALE_SCRIPT);
+                    let lua = &lua;
+                    let calls = keys.iter().map(|key| {
+                        let mut connection = self.connection();
+                        async move {
+                            lua.run::<u64>(&mut connection, |cmd| {
+                                cmd.arg(key.as_slice()).arg(stored_before.as_millis());
+                            })
+                            .await
+                        }
+                    });
+                    let mut deleted = 0;
+                    for outcome in futures_util::future::join_all(calls).await {
+                        deleted += outcome.map_err(|e| redis_error("delete_stale", e))?;
+                    }
+                    return Ok(deleted);
+                }
+                // Make sure the script is cached before `EVALSHA`s go out in a pipeline.
+                script
+                    .load_async(&mut self.connection())
+                    .await
+                    .map_err(|e| redis_error("delete_stale", e))?;
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.cmd("EVALSHA")
+                        .arg(script.get_hash())
+                        .arg(1)
+                        .arg(key)
+                        .arg(stored_before.as_millis());
+                }
+                let deleted: Vec<u64> = pipe
+                    .query_async(&mut self.connection())
+                    .await
+                    .map_err(|e| redis_error("delete_stale", e))?;
+                Ok(deleted.iter().sum())
+            }
+        })
+        .await
+        .map_err(|e| e.with_key(format!("{namespace}/{func}")))
+    }
 }
 
 impl fmt::Debug for RedisCore {
@@ -478,6 +602,18 @@ impl fmt::Debug for RedisCore {
         f.debug_struct("RedisCore")
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+/// The value and `stored_at` of a stored entry (the value shares the read's buffer); `None`,
+/// logged, for bytes in a framing this crate did not write.
+fn unpack(key: &Key, stored: Vec<u8>) -> Option<(Bytes, Timestamp)> {
+    match layout::unpack_header(&stored) {
+        Some(stored_at) => Some((Bytes::from(stored).slice(layout::HEADER_LEN..), stored_at)),
+        None => {
+            warn!(%key, len = stored.len(), "redis entry has a foreign framing; treated as a miss");
+            None
+        }
     }
 }
 
@@ -573,6 +709,16 @@ impl Core for RedisCore {
         }
     }
 
+    /// Redis client-side caching in broadcasting mode on a connection of its own (see
+    /// [Near caches](crate#near-caches)); [`Watching::No`] on a Redis Cluster.
+    fn watch(&self, namespace: &Namespace, watcher: Weak<dyn Watcher>) -> Watching {
+        if self.tracking.watch(namespace, watcher) {
+            Watching::Asynchronous
+        } else {
+            Watching::No
+        }
+    }
+
     /// One `MGET` of the entry key and the claim key: one round trip, one command.
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         let (entry_key, claim_key) = layout::entry_and_claim_keys(key);
@@ -582,18 +728,9 @@ impl Core for RedisCore {
             .query_async(&mut self.connection())
             .await
             .map_err(|e| redis_error("get", e).with_key(key))?;
-        let (value, stored_at) = match stored {
+        let (value, stored_at) = match stored.and_then(|stored| unpack(key, stored)) {
+            Some((value, stored_at)) => (Some(value), stored_at),
             None => (None, Timestamp::default()),
-            Some(stored) => match layout::unpack_header(&stored) {
-                Some(stored_at) => {
-                    let value = Bytes::from(stored).slice(layout::HEADER_LEN..);
-                    (Some(value), stored_at)
-                }
-                None => {
-                    warn!(%key, len = stored.len(), "redis entry has a foreign framing; treated as a miss");
-                    (None, Timestamp::default())
-                }
-            },
         };
         // The claim key exists, so the claim is live whatever its recorded expiry says (the
         // holder's clock may run behind this one): never report it as already expired.
@@ -609,6 +746,32 @@ impl Core for RedisCore {
             stored_at,
             claim_until,
         }))
+    }
+
+    /// The hit path: one `GET` of the entry key. Half the work of [`Core::get`]'s `MGET` for
+    /// the client (one name to build, one reply to parse) and for the server.
+    async fn get_value(&self, key: &Key) -> Result<Option<Entry>> {
+        let stored: Option<Vec<u8>> = match redis::cmd("GET")
+            .arg(layout::entry_key(key))
+            .query_async(&mut self.connection())
+            .await
+        {
+            Ok(stored) => stored,
+            // Not a string (a foreign program's list under the name): no value, as `MGET`
+            // reads it; the front end computes and `SET` replaces it.
+            Err(e) if e.code() == Some("WRONGTYPE") => {
+                warn!(%key, "redis entry is not a string; treated as a miss");
+                None
+            }
+            Err(e) => return Err(redis_error("get", e).with_key(key)),
+        };
+        Ok(stored
+            .and_then(|stored| unpack(key, stored))
+            .map(|(value, stored_at)| Entry {
+                value: Some(value),
+                stored_at,
+                claim_until: None,
+            }))
     }
 
     /// `MULTI`: `SET` the framed value, `DEL` the claim, `PUBLISH` a wake-up; one round trip.
@@ -731,44 +894,15 @@ impl Core for RedisCore {
     }
 
     async fn remove(&self, key: &Key) -> Result<bool> {
-        if self.is_cluster() {
-            let removed: u64 = self
-                .remove_script
-                .run_keys(&mut self.connection(), 2, |cmd| {
-                    cmd.arg(layout::entry_key(key))
-                        .arg(layout::claim_key(key))
-                        .arg(layout::wake_channel(key))
-                        .arg(self.publish);
-                })
-                .await
-                .map_err(|e| redis_error("remove", e).with_key(key))?;
-            return Ok(removed > 0);
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("UNLINK")
-            .arg(layout::entry_key(key))
-            .cmd("DEL")
-            .arg(layout::claim_key(key))
-            .ignore();
-        if !self.publish.is_empty() {
-            pipe.cmd(self.publish)
-                .arg(layout::wake_channel(key))
-                .arg("remove")
-                .ignore();
-        }
-        let (removed,): (u64,) = pipe
-            .query_async(&mut self.connection())
-            .await
-            .map_err(|e| redis_error("remove", e).with_key(key))?;
-        Ok(removed > 0)
+        let outcome = self.remove_entry(key).await;
+        self.tracking.entry_changed_here(key);
+        outcome
     }
 
     async fn clear(&self, namespace: &Namespace, func: &FuncId) -> Result<u64> {
-        let pattern = layout::func_all_pattern(namespace, func);
-        self.scan_batches(&pattern, "clear", |keys| self.unlink_mixed(keys, "clear"))
-            .await
-            .map_err(|e| e.with_key(format!("{namespace}/{func}")))
+        let outcome = self.clear_function(namespace, func).await;
+        self.tracking.function_changed_here(namespace, func);
+        outcome
     }
 
     async fn clear_claims(&self, namespace: &Namespace, func: &FuncId) -> Result<u64> {
@@ -790,62 +924,23 @@ impl Core for RedisCore {
         func: &FuncId,
         stored_before: Timestamp,
     ) -> Result<u64> {
-        let pattern = layout::func_entries_pattern(namespace, func);
-        let script = Script::new(DELETE_STALE_SCRIPT);
-        self.scan_batches(&pattern, "delete_stale", |keys| {
-            let script = &script;
-            async move {
-                if self.is_cluster() {
-                    // The keys lie in many slots: one script call per key (each routed to
-                    // its slot's node, sent as `EVAL` where the node lacks it), all at once.
-                    let lua = LuaScript::new(DELETE_STALE_SCRIPT);
-                    let lua = &lua;
-                    let calls = keys.iter().map(|key| {
-                        let mut connection = self.connection();
-                        async move {
-                            lua.run::<u64>(&mut connection, |cmd| {
-                                cmd.arg(key.as_slice()).arg(stored_before.as_millis());
-                            })
-                            .await
-                        }
-                    });
-                    let mut deleted = 0;
-                    for outcome in futures_util::future::join_all(calls).await {
-                        deleted += outcome.map_err(|e| redis_error("delete_stale", e))?;
-                    }
-                    return Ok(deleted);
-                }
-                // Make sure the script is cached before `EVALSHA`s go out in a pipeline.
-                script
-                    .load_async(&mut self.connection())
-                    .await
-                    .map_err(|e| redis_error("delete_stale", e))?;
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.cmd("EVALSHA")
-                        .arg(script.get_hash())
-                        .arg(1)
-                        .arg(key)
-                        .arg(stored_before.as_millis());
-                }
-                let deleted: Vec<u64> = pipe
-                    .query_async(&mut self.connection())
-                    .await
-                    .map_err(|e| redis_error("delete_stale", e))?;
-                Ok(deleted.iter().sum())
-            }
-        })
-        .await
-        .map_err(|e| e.with_key(format!("{namespace}/{func}")))
+        let outcome = self
+            .delete_stale_entries(namespace, func, stored_before)
+            .await;
+        self.tracking.function_changed_here(namespace, func);
+        outcome
     }
 
     async fn clear_namespace(&self, namespace: &Namespace) -> Result<u64> {
         let pattern = layout::namespace_pattern(namespace);
-        self.scan_batches(&pattern, "clear_namespace", |keys| {
-            self.unlink_mixed(keys, "clear_namespace")
-        })
-        .await
-        .map_err(|e| e.with_key(namespace))
+        let outcome = self
+            .scan_batches(&pattern, "clear_namespace", |keys| {
+                self.unlink_mixed(keys, "clear_namespace")
+            })
+            .await
+            .map_err(|e| e.with_key(namespace));
+        self.tracking.changed_here(namespace, Change::Namespace);
+        outcome
     }
 }
 

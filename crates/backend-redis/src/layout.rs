@@ -19,18 +19,51 @@ const HASH_HEX_LEN: usize = 64;
 /// `%7B` and `%7D`. Without `:` the key splits into its parts unambiguously; without braces the
 /// hash tag (the whole `{...}`) cannot end early.
 pub(crate) fn escape_func(func: &FuncId) -> String {
-    let id = func.as_str();
-    let mut out = String::with_capacity(id.len());
-    for c in id.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            ':' => out.push_str("%3A"),
-            '{' => out.push_str("%7B"),
-            '}' => out.push_str("%7D"),
-            c => out.push(c),
-        }
-    }
+    let mut out = String::with_capacity(func.as_str().len());
+    push_escaped_func(&mut out, func.as_str());
     out
+}
+
+/// Appends `id` escaped as [`escape_func`] does; plain runs are copied whole.
+fn push_escaped_func(out: &mut String, id: &str) {
+    let mut rest = id;
+    while let Some(at) = rest.find(['%', ':', '{', '}']) {
+        out.push_str(&rest[..at]);
+        out.push_str(match rest.as_bytes()[at] {
+            b'%' => "%25",
+            b':' => "%3A",
+            b'{' => "%7B",
+            _ => "%7D",
+        });
+        rest = &rest[at + 1..];
+    }
+    out.push_str(rest);
+}
+
+/// Reverses [`escape_func`]; `None` for text [`escape_func`] never writes (a raw `:`, `{`, `}`,
+/// a `%` not starting one of the four escapes).
+fn unescape_func(escaped: &str) -> Option<String> {
+    let mut out = String::with_capacity(escaped.len());
+    let mut rest = escaped;
+    while let Some(at) = rest.find(['%', ':', '{', '}']) {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let (c, len) = if tail.starts_with("%25") {
+            ('%', 3)
+        } else if tail.starts_with("%3A") {
+            (':', 3)
+        } else if tail.starts_with("%7B") {
+            ('{', 3)
+        } else if tail.starts_with("%7D") {
+            ('}', 3)
+        } else {
+            return None;
+        };
+        out.push(c);
+        rest = &tail[len..];
+    }
+    out.push_str(rest);
+    Some(out)
 }
 
 /// Escapes text for a `SCAN MATCH` pattern so that it matches only itself: each of the glob
@@ -52,8 +85,24 @@ pub(crate) fn entry_key(key: &Key) -> String {
     entry_key_parts(&key.namespace, &key.func, &key.hash)
 }
 
+/// Built by hand rather than with `format!`: this runs on every hit, and the formatting
+/// machinery (with the hash's own hex `String`) cost more than the rest of the key handling.
 fn entry_key_parts(namespace: &Namespace, func: &FuncId, hash: &ArgHash) -> String {
-    format!("{{{}:{}:{}}}", namespace, escape_func(func), hash.to_hex())
+    let mut out = String::with_capacity(
+        namespace.as_str().len() + func.as_str().len() + HASH_HEX_LEN + 3 + CLAIM_SUFFIX.len(),
+    );
+    out.push('{');
+    out.push_str(namespace.as_str());
+    out.push(':');
+    push_escaped_func(&mut out, func.as_str());
+    out.push(':');
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for byte in hash.as_bytes() {
+        out.push(HEX[usize::from(byte >> 4)] as char);
+        out.push(HEX[usize::from(byte & 0xf)] as char);
+    }
+    out.push('}');
+    out
 }
 
 /// The entry key and the claim key of `key`, built together (the read path needs both).
@@ -123,6 +172,74 @@ pub(crate) fn func_all_pattern(namespace: &Namespace, func: &FuncId) -> String {
 /// `app` never matches `app2`.
 pub(crate) fn namespace_pattern(namespace: &Namespace) -> String {
     format!("{{{}:*", escape_glob(namespace.as_str()))
+}
+
+/// The prefix of every name of `namespace`: `{<namespace>:`. Namespaces cannot contain `:`,
+/// so the prefix of `app` is not a prefix of any name of `app2`, and the prefixes of two
+/// namespaces never overlap (which Redis requires of the prefixes of one tracking client).
+pub(crate) fn namespace_prefix(namespace: &Namespace) -> String {
+    format!("{{{namespace}:")
+}
+
+/// What a Redis name reported by client-side tracking stands for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Name<'a> {
+    /// The entry of this key.
+    Entry(Key),
+    /// The claim of an entry: not a value.
+    Claim,
+    /// A name under the prefix of this namespace that this crate did not write: anything in
+    /// the namespace may have changed.
+    Foreign(&'a str),
+    /// Not a name of any namespace.
+    Unknown,
+}
+
+/// Reads a name written by [`entry_key`] or [`claim_key`] back into its parts. Only the exact
+/// text those functions write is an entry (the escapes, 64 lowercase hex digits), so a name
+/// maps back to one key.
+pub(crate) fn parse_name(name: &[u8]) -> Name<'_> {
+    let Some(namespace) = namespace_of_name(name) else {
+        return Name::Unknown;
+    };
+    let Ok(text) = std::str::from_utf8(name) else {
+        return Name::Foreign(namespace);
+    };
+    if text.ends_with(CLAIM_SUFFIX)
+        && parse_entry(&text[..text.len() - CLAIM_SUFFIX.len()]).is_some()
+    {
+        return Name::Claim;
+    }
+    match parse_entry(text) {
+        Some(key) => Name::Entry(key),
+        None => Name::Foreign(namespace),
+    }
+}
+
+/// The namespace of a name `{<namespace>:...`, if it has that shape and a valid namespace.
+pub(crate) fn namespace_of_name(name: &[u8]) -> Option<&str> {
+    let rest = name.strip_prefix(b"{")?;
+    let end = rest.iter().position(|&b| b == b':')?;
+    let namespace = std::str::from_utf8(&rest[..end]).ok()?;
+    Namespace::new(namespace).ok()?;
+    Some(namespace)
+}
+
+/// The key of an entry name `{<namespace>:<escaped func>:<hash>}`, exactly as [`entry_key`]
+/// writes it.
+fn parse_entry(text: &str) -> Option<Key> {
+    let inner = text.strip_prefix('{')?.strip_suffix('}')?;
+    let (namespace, rest) = inner.split_once(':')?;
+    let (func, hash) = rest.rsplit_once(':')?;
+    if hash.len() != HASH_HEX_LEN {
+        return None;
+    }
+    let namespace = Namespace::new(namespace).ok()?;
+    let func = FuncId::new(unescape_func(func)?).ok()?;
+    let hash = ArgHash::from_hex(hash).ok()?;
+    let key = Key::new(namespace, func, hash);
+    // Only the one spelling `entry_key` writes: any other is not this crate's name.
+    (entry_key(&key) == text).then_some(key)
 }
 
 /// Whether a key found by `SCAN` is a claim key (the others are entry keys).
@@ -203,6 +320,29 @@ mod tests {
     }
 
     #[test]
+    fn entry_key_is_the_documented_spelling() {
+        for func in ["m::f", "x}{%y", "plain", "", "%%::{{}}", "é:ü"] {
+            let func = if func.is_empty() { "f" } else { func };
+            let k = key("ns", func);
+            let escaped: String = func
+                .chars()
+                .map(|c| match c {
+                    '%' => "%25".to_owned(),
+                    ':' => "%3A".to_owned(),
+                    '{' => "%7B".to_owned(),
+                    '}' => "%7D".to_owned(),
+                    c => c.to_string(),
+                })
+                .collect();
+            assert_eq!(
+                entry_key(&k),
+                format!("{{ns:{escaped}:{}}}", k.hash.to_hex())
+            );
+            assert_eq!(escape_func(&k.func), escaped);
+        }
+    }
+
+    #[test]
     fn braces_and_percent_are_escaped() {
         let k = key("a", "x}{%y");
         assert!(entry_key(&k).starts_with("{a:x%7D%7B%25y:"));
@@ -272,6 +412,44 @@ mod tests {
             Some(Timestamp(42))
         );
         assert_eq!(claim_value_until(b"nonsense"), None);
+    }
+
+    #[test]
+    fn names_map_back_to_their_keys() {
+        for func in ["m::f", "x}{%y", "plain", "%3A", "a:b:c", "%", "é"] {
+            let k = key("app.v-1_x", func);
+            assert_eq!(parse_name(entry_key(&k).as_bytes()), Name::Entry(k.clone()));
+            assert_eq!(parse_name(claim_key(&k).as_bytes()), Name::Claim);
+            assert!(entry_key(&k).starts_with(&namespace_prefix(&k.namespace)));
+            assert_eq!(
+                namespace_of_name(wake_channel(&k).as_bytes()),
+                Some("app.v-1_x")
+            );
+        }
+        let hash = "ab".repeat(32);
+        // Names under a namespace's prefix that `entry_key` would not write.
+        for foreign in [
+            format!("{{app:f:{}}}", "AB".repeat(32)),
+            format!("{{app:f:{}}}", "ab".repeat(31)),
+            format!("{{app:f%:{hash}}}"),
+            format!("{{app:f%3a:{hash}}}"),
+            format!("{{app:f{{:{hash}}}"),
+            format!("{{app:f:{hash}"),
+            format!("{{app:f:{hash}}}:other"),
+            format!("{{app::{hash}}}"),
+            "{app:".to_owned(),
+            "{app:something else".to_owned(),
+        ] {
+            assert_eq!(
+                parse_name(foreign.as_bytes()),
+                Name::Foreign("app"),
+                "{foreign}"
+            );
+        }
+        assert_eq!(parse_name(b"{app:\xff\xfe}"), Name::Foreign("app"));
+        for unknown in [&b"app:f"[..], b"{app", b"{a pp:f}", b"", b"{:x}"] {
+            assert_eq!(parse_name(unknown), Name::Unknown);
+        }
     }
 
     fn fid(s: &str) -> FuncId {

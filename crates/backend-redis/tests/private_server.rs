@@ -433,14 +433,14 @@ async fn a_hit_is_one_read_command() {
     let calls = data_commands(command_calls(&server));
     assert_eq!(calls, HashMap::from([("mget".to_string(), 50)]));
 
-    // Front-end level: a cached call costs the same single command.
+    // Front-end level: a cached call reads only the value (`Core::get_value`): one `GET`.
     reset_stats(&server);
     for _ in 0..40 {
         let hit = f.call(&1u64, || async { panic_compute() }).await.unwrap();
         assert_eq!(hit, 11);
     }
     let calls = data_commands(command_calls(&server));
-    assert_eq!(calls, HashMap::from([("mget".to_string(), 40)]));
+    assert_eq!(calls, HashMap::from([("get".to_string(), 40)]));
 }
 
 fn panic_compute() -> u64 {

@@ -6,6 +6,7 @@
 
 #[cfg(feature = "cluster")]
 pub mod cluster;
+pub mod recorder;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;

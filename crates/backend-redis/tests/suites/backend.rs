@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cachier_core::{Bytes, Cachier, Claim, ClaimToken, Core, Namespace, Timestamp};
+use cachier_core::{Bytes, Cachier, Claim, ClaimToken, Core, Namespace, Timestamp, Watching};
 use cachier_redis::{Config, RedisCore};
 
 use super::redis_url;
@@ -560,6 +560,11 @@ async fn foreign_data_under_a_key_is_a_miss_and_is_overwritten() {
         None,
         "a list under the entry name"
     );
+    assert_eq!(
+        core.get_value(&key).await.unwrap(),
+        None,
+        "a list under the entry name, on the hit path"
+    );
 
     // Through the front end: a miss, computed, stored over the foreign data.
     let cache = Cachier::builder(core.clone())
@@ -758,4 +763,27 @@ async fn expire_after_sets_the_entry_expiry_no_shorter_than_stale_after() {
         (110_000..=120_000).contains(&pttl),
         "PTTL {pttl}: expire_after 1 s is raised to stale_after 120 s"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_reports_on_one_server_and_not_on_a_cluster() {
+    let ns = guard("watch_kind");
+    let core = core_at(&redis_url()).await;
+    let recorder = crate::common::recorder::Recorder::new();
+    if core.config().is_cluster() {
+        // Client-side tracking is per node: not done on a cluster (see the crate docs).
+        assert_eq!(core.watch(&ns.namespace, recorder.weak()), Watching::No);
+        let key = ns.key("f", 1);
+        core.set(&key, Bytes::from_static(b"v"), Timestamp::now())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(recorder.reports().is_empty(), "{:?}", recorder.reports());
+    } else {
+        assert_eq!(
+            core.watch(&ns.namespace, recorder.weak()),
+            Watching::Asynchronous
+        );
+        recorder.wait_live(Duration::from_secs(10)).await;
+    }
 }
