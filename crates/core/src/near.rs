@@ -379,6 +379,36 @@ struct Shard {
 struct Index {
     copies: HashMap<EntryId, (NearKey, usize)>,
     funcs: HashMap<FuncId, u32>,
+    /// Per entry whose copy went without a newer one taking its place (evicted, or dropped
+    /// with an overlapping read): the number of reads begun when that copy's read returned. A
+    /// read numbered below it began before a value some caller was served, so its copy is
+    /// never kept (it could be older).
+    floors: HashMap<EntryId, u64>,
+    /// The floor of every entry whose own floor was forgotten to keep `floors` bounded.
+    floor_all: u64,
+}
+
+impl Index {
+    /// No copy of `entry` from a read numbered below `done` may be kept from now on.
+    fn raise_floor(&mut self, entry: EntryId, done: u64, bound: usize) {
+        let floor = self.floors.entry(entry).or_insert(0);
+        *floor = (*floor).max(done);
+        if self.floors.len() > bound {
+            // Forget the entries, keep their highest floor for all: safe, only stricter.
+            let highest = self.floors.values().copied().max().unwrap_or(0);
+            self.floor_all = self.floor_all.max(highest);
+            self.floors.clear();
+        }
+    }
+
+    /// The lowest read number whose copy of `entry` may still be kept.
+    fn floor(&self, entry: &EntryId) -> u64 {
+        self.floors
+            .get(entry)
+            .copied()
+            .unwrap_or(0)
+            .max(self.floor_all)
+    }
 }
 
 /// The sequence number read before a backend read: the copy it gives is kept only if no change
@@ -555,8 +585,13 @@ impl Near {
         // earlier but kept later must not replace one read after it (a caller served the newer
         // value would next be served the older). A new copy replaces the kept one if its read
         // began after the kept one's returned; it is dropped if the kept one's read began after
-        // its own returned; if the two reads overlapped, which value is newer is unknown, and
-        // both go. A kept copy past its ttl always goes.
+        // its own returned (a kept copy past its ttl goes then too); if the two reads
+        // overlapped, which value is newer is unknown, and both go. A copy that went without a
+        // newer one in its place leaves a floor: reads begun before it returned are not kept.
+        let bound = self.max_entries * SHARDS * 4 + 64;
+        if ticket.read < index.floor(&entry) {
+            return;
+        }
         if let Some((other, other_at)) = index.copies.get(&entry).cloned() {
             let mut shard = self.lock_shard(other_at);
             if let Some(kept) = shard.map.get(&other) {
@@ -566,11 +601,13 @@ impl Near {
                 if older && !expired {
                     return;
                 }
+                let kept_done = kept.read_done;
                 if let Some(gone) = shard.map.remove(&other) {
                     shard.bytes -= gone.weight;
                 }
                 index.copies.remove(&entry);
-                if !newer && !expired {
+                if !newer {
+                    index.raise_floor(entry, kept_done.max(read_done), bound);
                     return;
                 }
             }
@@ -619,6 +656,8 @@ impl Near {
             if let Some(gone) = shard.map.remove(&key) {
                 shard.bytes -= gone.weight;
                 index.copies.remove(&gone.entry);
+                let bound = self.max_entries * SHARDS * 4 + 64;
+                index.raise_floor(gone.entry, gone.read_done, bound);
             }
         }
         // Places of replaced or evicted keys: keep the order from growing without bound.
@@ -893,6 +932,70 @@ mod tests {
         assert_eq!(get::<u8>(&near, "f", 1), Some(5));
         near.changed(Change::Entry(&k));
         assert_eq!(near.size(), (0, 0));
+    }
+
+    /// A read that began before a served copy's read returned is never kept once that copy is
+    /// gone without a newer one in its place: dropped with an overlapping read, or evicted.
+    #[test]
+    fn no_older_copy_once_a_newer_one_went() {
+        let near = live(NearCache::new());
+        let k = key("f", 1);
+        let f = near.func_number(&k.func);
+        let probe = near.probe(&key_bytes(f, &k.hash)).to_key();
+        let entry = (f, k.hash);
+        let keep = |ticket, v: u8| {
+            near.put(
+                &probe,
+                entry,
+                ticket,
+                Instant::now(),
+                Timestamp::now(),
+                1,
+                false,
+                v,
+            )
+        };
+        // Overlap: `slow` began first and returns last; `a` and `b` overlap each other.
+        let slow = near.ticket();
+        let a = near.ticket();
+        let b = near.ticket();
+        keep(a, 2);
+        assert_eq!(get::<u8>(&near, "f", 1), Some(2), "a caller is served 2");
+        keep(b, 3);
+        assert_eq!(near.size(), (0, 0), "overlapping reads: neither kept");
+        keep(slow, 1);
+        assert_eq!(get::<u8>(&near, "f", 1), None, "1 was read before 2 was");
+        put(&near, "f", 1, 1, 4u8);
+        assert_eq!(get::<u8>(&near, "f", 1), Some(4), "a later read is kept");
+
+        // Eviction: a tiny near cache drops the copy; a read begun before it returned stays out.
+        let tiny = live(NearCache::new().max_entries(SHARDS).max_bytes(1 << 20));
+        let slow = tiny.ticket();
+        put(&tiny, "f", 1, 1, 2u8);
+        assert_eq!(get::<u8>(&tiny, "f", 1), Some(2));
+        for i in 2..200 {
+            put(&tiny, "f", i, 1, 0u8);
+        }
+        assert_eq!(get::<u8>(&tiny, "f", 1), None, "evicted");
+        let k1 = key("f", 1);
+        let f1 = tiny.func_number(&k1.func);
+        tiny.put(
+            &tiny.probe(&key_bytes(f1, &k1.hash)).to_key(),
+            (f1, k1.hash),
+            slow,
+            Instant::now(),
+            Timestamp::now(),
+            1,
+            false,
+            1u8,
+        );
+        assert_eq!(get::<u8>(&tiny, "f", 1), None, "1 was read before 2 was");
+        put(&tiny, "f", 1, 1, 5u8);
+        assert_eq!(get::<u8>(&tiny, "f", 1), Some(5));
+        assert!(
+            tiny.lock_index().floors.len() <= SHARDS * SHARDS * 4 + 64,
+            "floors stay bounded"
+        );
     }
 
     #[test]
