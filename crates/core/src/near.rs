@@ -577,21 +577,24 @@ impl Near {
         // Read after the backend read returned: any read numbered from here on began later.
         let read_done = self.reads.load(Ordering::SeqCst);
         let mut index = self.lock_index();
-        if self.seq.load(Ordering::SeqCst) != ticket.seq || !self.live.load(Ordering::SeqCst) {
+        if !self.live.load(Ordering::SeqCst) {
             return;
         }
         let at = Near::shard_of(key.hash);
-        // At most one copy per entry, and never an older one over a newer: a copy read
-        // earlier but kept later must not replace one read after it (a caller served the newer
-        // value would next be served the older). A new copy replaces the kept one if its read
-        // began after the kept one's returned; it is dropped if the kept one's read began after
-        // its own returned (a kept copy past its ttl goes then too); if the two reads
-        // overlapped, which value is newer is unknown, and both go. A copy that went without a
-        // newer one in its place leaves a floor: reads begun before it returned are not kept.
         let bound = self.max_entries * SHARDS * 4 + 64;
-        if ticket.read < index.floor(&entry) {
-            return;
-        }
+        // The caller of this read is served its value whether or not it is kept, so no copy
+        // may be served afterwards that could be older: at most one copy per entry, and one
+        // is kept only where it is known to be at least as new as every value served.
+        //
+        // - The kept copy stays only if its read began after this one returned (it is newer);
+        //   this one is then not kept.
+        // - This copy replaces the kept one if its read began after the kept one's returned.
+        // - Otherwise the two reads overlapped and which value is newer is unknown: both go.
+        // - A copy read before a reported change is not kept (the sequence number moved).
+        // Whenever a served value is not kept, it leaves a floor: no read begun before it
+        // returned is kept later (that read could be older, and no kept copy says otherwise).
+        // A kept copy past its ttl goes whenever it is looked at here.
+        let mut floor = read_done;
         if let Some((other, other_at)) = index.copies.get(&entry).cloned() {
             let mut shard = self.lock_shard(other_at);
             if let Some(kept) = shard.map.get(&other) {
@@ -599,18 +602,25 @@ impl Near {
                 let newer = ticket.read >= kept.read_done;
                 let older = kept.read >= read_done;
                 if older && !expired {
+                    drop(shard);
+                    index.raise_floor(entry, floor, bound);
                     return;
                 }
-                let kept_done = kept.read_done;
+                floor = floor.max(kept.read_done);
                 if let Some(gone) = shard.map.remove(&other) {
                     shard.bytes -= gone.weight;
                 }
                 index.copies.remove(&entry);
-                if !newer {
-                    index.raise_floor(entry, kept_done.max(read_done), bound);
+                if older || !newer {
+                    drop(shard);
+                    index.raise_floor(entry, floor, bound);
                     return;
                 }
             }
+        }
+        if self.seq.load(Ordering::SeqCst) != ticket.seq || ticket.read < index.floor(&entry) {
+            index.raise_floor(entry, floor, bound);
+            return;
         }
         let key = key.clone();
         let mut shard = self.lock_shard(at);
@@ -967,6 +977,17 @@ mod tests {
         assert_eq!(get::<u8>(&near, "f", 1), None, "1 was read before 2 was");
         put(&near, "f", 1, 1, 4u8);
         assert_eq!(get::<u8>(&near, "f", 1), Some(4), "a later read is kept");
+        // A read begun before the kept copy's read returns after it was kept, with a value
+        // that may be newer (its caller is served it): the kept copy must go too.
+        let early = near.ticket();
+        put(&near, "f", 1, 1, 5u8);
+        assert_eq!(get::<u8>(&near, "f", 1), Some(5));
+        keep(early, 6);
+        assert_eq!(
+            get::<u8>(&near, "f", 1),
+            None,
+            "6 was served: 5 may be older"
+        );
 
         // Eviction: a tiny near cache drops the copy; a read begun before it returned stays out.
         let tiny = live(NearCache::new().max_entries(SHARDS).max_bytes(1 << 20));
