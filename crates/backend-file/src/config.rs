@@ -19,7 +19,7 @@ pub const DEFAULT_POLL_MAX: Duration = Duration::from_millis(50);
 
 /// The default size up to which an entry file is read on the calling task (see
 /// [`Config::with_inline_read_max`]).
-pub const DEFAULT_INLINE_READ_MAX: u64 = 64 * 1024;
+pub const DEFAULT_INLINE_READ_MAX: u64 = 256 * 1024;
 
 /// How hard a store tries to survive a crash of the machine (not of the process: a killed process
 /// never leaves a torn entry, whatever this says).

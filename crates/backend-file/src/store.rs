@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 use crate::config::Durability;
 use crate::layout::{
     CLAIM_MAX_LEN, ClaimRecord, ENTRY_HEADER_LEN, FileKind, KeyPaths, classify, clearing_name,
-    decode_entry_header, encode_entry_header, is_clearing_of, temp_name,
+    decode_entry_header, encode_entry_header, entry_path, is_clearing_of, temp_name,
 };
 
 /// How long a temp file may sit untouched before a sweep (`clear`, `delete_stale`) takes it for
@@ -59,22 +59,30 @@ pub(crate) struct Store {
 impl Store {
     /// The entry under `key`: its value (if a valid entry file exists) and its live claim.
     pub(crate) fn get(&self, key: &Key) -> FsResult<Option<Entry>> {
-        Ok(self.get_up_to(key, u64::MAX)?.flatten())
+        let paths = KeyPaths::new(&self.root, key);
+        let value = match open_entry(&paths.entry)? {
+            OpenEntry::Missing => None,
+            OpenEntry::Open(opened) => opened.read()?,
+        };
+        self.with_claim(&paths.claim, value)
     }
 
-    /// Like [`Store::get`], but gives up (`None`) without reading when the entry file is larger
-    /// than `max_len` bytes.
-    pub(crate) fn get_up_to(&self, key: &Key, max_len: u64) -> FsResult<Option<Option<Entry>>> {
-        let paths = KeyPaths::new(&self.root, key);
-        let value = match read_entry(&paths.entry, max_len)? {
-            EntryRead::TooLarge => return Ok(None),
-            EntryRead::Missing => None,
-            EntryRead::Value(stored_at, value) => Some((stored_at, value)),
-        };
-        let claim_until = read_claim(&paths.claim)?
+    /// The claim file of `key`.
+    pub(crate) fn claim_path(&self, key: &Key) -> PathBuf {
+        KeyPaths::new(&self.root, key).claim
+    }
+
+    /// The entry made of `value` (read from an entry file) and the live claim in the claim
+    /// file at `claim`.
+    pub(crate) fn with_claim(
+        &self,
+        claim: &Path,
+        value: Option<(Timestamp, Bytes)>,
+    ) -> FsResult<Option<Entry>> {
+        let claim_until = read_claim(claim)?
             .filter(ClaimRecord::is_live)
             .map(|record| record.until);
-        Ok(Some(match (value, claim_until) {
+        Ok(match (value, claim_until) {
             (None, None) => None,
             (Some((stored_at, value)), claim_until) => Some(Entry {
                 value: Some(value),
@@ -86,26 +94,14 @@ impl Store {
                 stored_at: Timestamp::default(),
                 claim_until,
             }),
-        }))
+        })
     }
 
-    /// The value under `key` without looking at its claim file (for `Core::get_value`):
-    /// `None` without reading when the entry file is larger than `max_len` bytes.
-    pub(crate) fn get_value_up_to(
-        &self,
-        key: &Key,
-        max_len: u64,
-    ) -> FsResult<Option<Option<Entry>>> {
-        let paths = KeyPaths::new(&self.root, key);
-        Ok(match read_entry(&paths.entry, max_len)? {
-            EntryRead::TooLarge => None,
-            EntryRead::Missing => Some(None),
-            EntryRead::Value(stored_at, value) => Some(Some(Entry {
-                value: Some(value),
-                stored_at,
-                claim_until: None,
-            })),
-        })
+    /// Opens the entry file of `key` (for `Core::get_value`, which does not look at the claim
+    /// file): the caller reads it on the spot or hands the open file to the blocking pool, so
+    /// a large entry is opened once either way.
+    pub(crate) fn open_entry(&self, key: &Key) -> FsResult<OpenEntry> {
+        open_entry(&entry_path(&self.root, key))
     }
 
     /// Writes the entry file atomically, then ends any claim on the key.
@@ -252,11 +248,12 @@ impl Store {
     /// Ends every claim in one function directory; returns how many were live.
     pub(crate) fn clear_claims_dir(&self, dir: &Path) -> FsResult<u64> {
         let mut ended = 0;
-        for (path, kind) in list_files(dir)?.0 {
+        walk_files(dir, |path, kind| {
             if kind == FileKind::Claim {
-                ended += u64::from(end_claim(&path)?);
+                ended += u64::from(end_claim(path)?);
             }
-        }
+            Ok(())
+        })?;
         Ok(ended)
     }
 
@@ -264,19 +261,20 @@ impl Store {
     /// claim files and old temp files. Returns how many entries were removed.
     pub(crate) fn delete_stale_dir(&self, dir: &Path, stored_before: Timestamp) -> FsResult<u64> {
         let mut removed = 0;
-        for (path, kind) in list_files(dir)?.0 {
+        walk_files(dir, |path, kind| {
             match kind {
-                FileKind::Entry => removed += u64::from(remove_if_stale(&path, stored_before)?),
+                FileKind::Entry => removed += u64::from(remove_if_stale(path, stored_before)?),
                 FileKind::Claim => {
-                    with_locked_claim(&path, |current| match current {
+                    with_locked_claim(path, |current| match current {
                         Some(held) if held.is_live() => Ok(()),
-                        _ => remove_if_exists(&path).map(drop),
+                        _ => remove_if_exists(path).map(drop),
                     })?;
                 }
-                FileKind::Temp => remove_if_old(&path)?,
+                FileKind::Temp => remove_if_old(path)?,
                 FileKind::Shard | FileKind::Foreign => {}
             }
-        }
+            Ok(())
+        })?;
         Ok(removed)
     }
 
@@ -302,11 +300,12 @@ impl Store {
         }
         let mut removed = 0;
         for (path, _) in list(&aside)? {
-            for (file, kind) in list_files(&path)?.0 {
+            walk_files(&path, |file, kind| {
                 if kind == FileKind::Entry {
-                    removed += u64::from(remove_if_exists(&file)?);
+                    removed += u64::from(remove_if_exists(file)?);
                 }
-            }
+                Ok(())
+            })?;
         }
         remove_tree(&aside)?;
         Ok(removed)
@@ -336,19 +335,19 @@ impl Store {
 /// nothing else is left in it. Returns how many entry files were removed.
 fn clear_in_place(dir: &Path) -> FsResult<u64> {
     let mut removed = 0;
-    let (files, shards) = list_files(dir)?;
-    for (path, kind) in files {
+    let shards = walk_files(dir, |path, kind| {
         match kind {
-            FileKind::Entry => removed += u64::from(remove_if_exists(&path)?),
+            FileKind::Entry => removed += u64::from(remove_if_exists(path)?),
             FileKind::Claim => {
-                end_claim(&path)?;
+                end_claim(path)?;
             }
-            FileKind::Temp => remove_if_old(&path)?,
+            FileKind::Temp => remove_if_old(path)?,
             FileKind::Shard | FileKind::Foreign => {
                 debug!(path = %path.display(), "leaving a foreign file alone")
             }
         }
-    }
+        Ok(())
+    })?;
     // Fail, harmlessly, while a foreign file or a fresh temp file is still there.
     for shard in shards {
         let _ = fs::remove_dir(shard);
@@ -362,25 +361,24 @@ fn clear_in_place(dir: &Path) -> FsResult<u64> {
 /// `home`, and removes it. Returns how many entry files were removed.
 fn clear_aside(aside: &Path, home: &Path) -> FsResult<u64> {
     let mut removed = 0;
-    let (files, shards) = list_files(aside)?;
-    for (path, kind) in files {
+    let shards = walk_files(aside, |path, kind| {
         match kind {
-            FileKind::Entry => removed += u64::from(remove_if_exists(&path)?),
+            FileKind::Entry => removed += u64::from(remove_if_exists(path)?),
             // A writer whose temp file was moved away finds it gone and writes it again in
             // the new directory; a claim moved away has ended.
             FileKind::Claim | FileKind::Temp => {
-                remove_if_exists(&path)?;
+                remove_if_exists(path)?;
             }
             FileKind::Shard | FileKind::Foreign => {
                 let Ok(relative) = path.strip_prefix(aside) else {
-                    continue;
+                    return Ok(());
                 };
                 let back = home.join(relative);
                 let put_back = fs::create_dir_all(back.parent().unwrap_or(home)).and_then(|()| {
                     if fs::symlink_metadata(&back).is_ok() {
                         Err(io::Error::from(io::ErrorKind::AlreadyExists))
                     } else {
-                        fs::rename(&path, &back)
+                        fs::rename(path, &back)
                     }
                 });
                 if let Err(e) = put_back {
@@ -388,7 +386,8 @@ fn clear_aside(aside: &Path, home: &Path) -> FsResult<u64> {
                 }
             }
         }
-    }
+        Ok(())
+    })?;
     for shard in shards {
         let _ = fs::remove_dir(shard);
     }
@@ -442,54 +441,77 @@ fn remove_tree(dir: &Path) -> FsResult<()> {
     }
 }
 
-/// What reading an entry file found.
-enum EntryRead {
-    /// No file, or not a valid entry (logged).
+/// What opening an entry file found.
+pub(crate) enum OpenEntry {
+    /// No file, or not a regular file (logged).
     Missing,
-    /// The file is larger than the caller wanted to read.
-    TooLarge,
-    /// A valid entry.
-    Value(Timestamp, Bytes),
+    /// An entry file, open for reading.
+    Open(OpenedEntry),
 }
 
-/// Reads an entry file of at most `max_len` bytes.
-fn read_entry(path: &Path, max_len: u64) -> FsResult<EntryRead> {
-    let mut file = match File::open(path) {
+/// An entry file opened for reading, with its length.
+pub(crate) struct OpenedEntry {
+    file: File,
+    path: PathBuf,
+    /// The file's length in bytes (header included).
+    pub len: u64,
+}
+
+/// Opens an entry file.
+fn open_entry(path: &Path) -> FsResult<OpenEntry> {
+    let file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if is_missing(&e) => return Ok(EntryRead::Missing),
+        Err(e) if is_missing(&e) => return Ok(OpenEntry::Missing),
         Err(e) => return Err(e).at("open", path),
     };
     let meta = file.metadata().at("inspect", path)?;
     if !meta.is_file() {
         warn!(path = %path.display(), "ignoring a cache entry that is not a regular file (a miss)");
-        return Ok(EntryRead::Missing);
+        return Ok(OpenEntry::Missing);
     }
-    if meta.len() > max_len {
-        return Ok(EntryRead::TooLarge);
-    }
-    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.read_to_end(&mut bytes).at("read", path)?;
-    let header = match decode_entry_header(&bytes) {
-        Ok(header) => header,
-        Err(reason) => {
-            warn!(path = %path.display(), reason, "ignoring an unreadable cache entry file (a miss)");
-            return Ok(EntryRead::Missing);
+    Ok(OpenEntry::Open(OpenedEntry {
+        file,
+        path: path.to_path_buf(),
+        len: meta.len(),
+    }))
+}
+
+impl OpenedEntry {
+    /// Reads the entry: its `stored_at` and value, or `None` if the file is not a valid entry
+    /// (logged; a miss).
+    pub(crate) fn read(mut self) -> FsResult<Option<(Timestamp, Bytes)>> {
+        let path = &self.path;
+        // Entry files are replaced, never changed in place, so the length seen at open is the
+        // file's. Reading at most that much into a buffer of that capacity takes one `read`:
+        // no size probe (`File::read_to_end` asks for the length and position again) and no
+        // end-of-file read. A file cut shorter by hand ends the read at its end.
+        let mut bytes = Vec::with_capacity(usize::try_from(self.len).unwrap_or(0));
+        (&mut self.file)
+            .take(self.len)
+            .read_to_end(&mut bytes)
+            .at("read", path)?;
+        let header = match decode_entry_header(&bytes) {
+            Ok(header) => header,
+            Err(reason) => {
+                warn!(path = %path.display(), reason, "ignoring an unreadable cache entry file (a miss)");
+                return Ok(None);
+            }
+        };
+        let value_len = (bytes.len() - ENTRY_HEADER_LEN) as u64;
+        if header.value_len != value_len {
+            warn!(
+                path = %path.display(),
+                expected = header.value_len,
+                found = value_len,
+                "ignoring a truncated or padded cache entry file (a miss)"
+            );
+            return Ok(None);
         }
-    };
-    let value_len = (bytes.len() - ENTRY_HEADER_LEN) as u64;
-    if header.value_len != value_len {
-        warn!(
-            path = %path.display(),
-            expected = header.value_len,
-            found = value_len,
-            "ignoring a truncated or padded cache entry file (a miss)"
-        );
-        return Ok(EntryRead::Missing);
+        Ok(Some((
+            header.stored_at,
+            Bytes::from(bytes).slice(ENTRY_HEADER_LEN..),
+        )))
     }
-    Ok(EntryRead::Value(
-        header.stored_at,
-        Bytes::from(bytes).slice(ENTRY_HEADER_LEN..),
-    ))
 }
 
 /// Reads the header of an entry file: `None` if it is missing, `Some(None)` if it is invalid.
@@ -691,34 +713,43 @@ fn list_unordered(dir: &Path) -> FsResult<Vec<(u64, PathBuf, FileKind)>> {
 /// Files with their kinds.
 type Files = Vec<(PathBuf, FileKind)>;
 
-/// The files of a function directory: those in its shard directories and those beside them
-/// (written by the unsharded layout of earlier versions, or foreign), all in the order of
-/// their inode numbers (see [`list`]: files written together are neighbours whatever their
-/// shard); and the shard directories. A directory inside a shard counts as a foreign file.
-fn list_files(dir: &Path) -> FsResult<(Files, Vec<PathBuf>)> {
-    let mut files = Vec::new();
+/// Calls `f` on every file of a function directory with its kind: first the files beside the
+/// shard directories (written by the unsharded layout of earlier versions, or foreign), then
+/// the files of each shard directory in turn, each group in the order of the files' inode
+/// numbers (see [`list`]). Returns the shard directories. A directory inside a shard counts as
+/// a foreign file.
+///
+/// One directory is listed at a time, so the memory a sweep needs is that of one shard (about
+/// 4,000 names at 1e6 entries), whatever the function's size, and every step costs the same.
+fn walk_files(
+    dir: &Path,
+    mut f: impl FnMut(&Path, FileKind) -> FsResult<()>,
+) -> FsResult<Vec<PathBuf>> {
     let mut shards = Vec::new();
+    let mut beside = Vec::new();
     for (ino, path, kind) in list_unordered(dir)? {
         if kind == FileKind::Shard {
-            files.extend(
-                list_unordered(&path)?
-                    .into_iter()
-                    .map(|(ino, p, k)| match k {
-                        FileKind::Shard => (ino, p, FileKind::Foreign),
-                        k => (ino, p, k),
-                    }),
-            );
             shards.push(path);
         } else {
-            files.push((ino, path, kind));
+            beside.push((ino, path, kind));
         }
     }
-    files.sort_unstable_by_key(|(ino, _, _)| *ino);
-    let files = files
-        .into_iter()
-        .map(|(_, path, kind)| (path, kind))
-        .collect();
-    Ok((files, shards))
+    beside.sort_unstable_by_key(|(ino, _, _)| *ino);
+    for (_, path, kind) in beside {
+        f(&path, kind)?;
+    }
+    for shard in &shards {
+        let mut files = list_unordered(shard)?;
+        files.sort_unstable_by_key(|(ino, _, _)| *ino);
+        for (_, path, kind) in files {
+            let kind = match kind {
+                FileKind::Shard => FileKind::Foreign,
+                kind => kind,
+            };
+            f(&path, kind)?;
+        }
+    }
+    Ok(shards)
 }
 
 #[cfg(unix)]
