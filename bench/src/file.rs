@@ -347,7 +347,9 @@ async fn breakdown(
     let before = f.stats();
     let series = compare!(ctx.plan, {
         "cachier call" => f.call(&0u64, || async { Vec::<u8>::new() }).await,
-        "core.get (spawn_blocking: read entry + open claim)" => dyn_core.get(&key).await,
+        "core.get_value (open, fstat, read of the entry, on the task)" =>
+            dyn_core.get_value(&key).await,
+        "core.get (the entry as above + open of the claim file)" => dyn_core.get(&key).await,
         "std::fs::read of the entry" => std::fs::read(path),
         "File::open of the absent claim file" => std::fs::File::open(&claim_path).is_ok(),
         "spawn_blocking round trip (empty)" => tokio::task::spawn_blocking(|| 0u8).await,
@@ -367,7 +369,7 @@ async fn breakdown(
     report.push(Row {
         target: TARGET,
         case: "hit 100 B: where the time goes".into(),
-        variant: "front end outside core.get (call - get)".into(),
+        variant: "front end outside core.get_value (call - get_value)".into(),
         unit: Unit::NsPerOp,
         value: crate::harness::Summary::single(call - get),
         baseline: None,
