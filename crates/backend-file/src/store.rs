@@ -249,7 +249,7 @@ impl Store {
     /// Ends every claim in one function directory; returns how many were live.
     pub(crate) fn clear_claims_dir(&self, dir: &Path) -> FsResult<u64> {
         let ended = AtomicU64::new(0);
-        walk_files(dir, |path, kind| {
+        walk_files(dir, Shards::Keep, |path, kind| {
             if kind == FileKind::Claim {
                 ended.fetch_add(u64::from(end_claim(path)?), Ordering::Relaxed);
             }
@@ -262,7 +262,7 @@ impl Store {
     /// claim files and old temp files. Returns how many entries were removed.
     pub(crate) fn delete_stale_dir(&self, dir: &Path, stored_before: Timestamp) -> FsResult<u64> {
         let removed = AtomicU64::new(0);
-        walk_files(dir, |path, kind| {
+        walk_files(dir, Shards::Keep, |path, kind| {
             match kind {
                 FileKind::Entry => {
                     removed.fetch_add(
@@ -306,7 +306,7 @@ impl Store {
         }
         let removed = AtomicU64::new(0);
         for (path, _) in list(&aside)? {
-            walk_files(&path, |file, kind| {
+            walk_files(&path, Shards::Remove, |file, kind| {
                 if kind == FileKind::Entry {
                     removed.fetch_add(u64::from(remove_if_exists(file)?), Ordering::Relaxed);
                 }
@@ -341,7 +341,7 @@ impl Store {
 /// nothing else is left in it. Returns how many entry files were removed.
 fn clear_in_place(dir: &Path) -> FsResult<u64> {
     let removed = AtomicU64::new(0);
-    let shards = walk_files(dir, |path, kind| {
+    walk_files(dir, Shards::Remove, |path, kind| {
         match kind {
             FileKind::Entry => {
                 removed.fetch_add(u64::from(remove_if_exists(path)?), Ordering::Relaxed);
@@ -356,10 +356,7 @@ fn clear_in_place(dir: &Path) -> FsResult<u64> {
         }
         Ok(())
     })?;
-    // Fail, harmlessly, while a foreign file or a fresh temp file is still there.
-    for shard in shards {
-        let _ = fs::remove_dir(shard);
-    }
+    // Fails, harmlessly, while a foreign file or a fresh temp file is still there.
     let _ = fs::remove_dir(dir);
     Ok(removed.into_inner())
 }
@@ -369,7 +366,7 @@ fn clear_in_place(dir: &Path) -> FsResult<u64> {
 /// `home`, and removes it. Returns how many entry files were removed.
 fn clear_aside(aside: &Path, home: &Path) -> FsResult<u64> {
     let removed = AtomicU64::new(0);
-    let shards = walk_files(aside, |path, kind| {
+    walk_files(aside, Shards::Remove, |path, kind| {
         match kind {
             FileKind::Entry => {
                 removed.fetch_add(u64::from(remove_if_exists(path)?), Ordering::Relaxed);
@@ -398,9 +395,6 @@ fn clear_aside(aside: &Path, home: &Path) -> FsResult<u64> {
         }
         Ok(())
     })?;
-    for shard in shards {
-        let _ = fs::remove_dir(shard);
-    }
     if let Err(e) = fs::remove_dir(aside)
         && !is_missing(&e)
     {
@@ -733,11 +727,22 @@ type Files = Vec<(PathBuf, FileKind)>;
 /// works in its own shard directory they never wait for each other's directory lock.
 const SWEEP_THREADS: usize = 8;
 
+/// What [`walk_files`] does with a shard directory once `f` has seen all its files.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shards {
+    /// Leave it.
+    Keep,
+    /// Remove it if it is empty (an `rmdir`, which fails harmlessly while a foreign file or a
+    /// fresh temp file is still in it). Done by the thread that walked it: removing a directory
+    /// frees its block, which costs a discard like a file's.
+    Remove,
+}
+
 /// Calls `f` on every file of a function directory with its kind: first the files beside the
 /// shard directories (written by the unsharded layout of earlier versions, or foreign), then
 /// the files of the shard directories, each shard on one of up to [`SWEEP_THREADS`] threads, in
-/// the order of the files' inode numbers (see [`list`]). Returns the shard directories. A
-/// directory inside a shard counts as a foreign file. The first error stops the walk (the
+/// the order of the files' inode numbers (see [`list`]), then does `shards_then` with the
+/// shard. A directory inside a shard counts as a foreign file. The first error stops the walk (the
 /// other threads finish the shard they are in) and is returned.
 ///
 /// A thread lists one directory at a time, so the memory a sweep needs is that of a few shards
@@ -745,8 +750,9 @@ const SWEEP_THREADS: usize = 8;
 /// the same: the walk's time is linear in the number of files.
 fn walk_files(
     dir: &Path,
+    shards_then: Shards,
     f: impl Fn(&Path, FileKind) -> FsResult<()> + Sync,
-) -> FsResult<Vec<PathBuf>> {
+) -> FsResult<()> {
     let mut shards = Vec::new();
     let mut beside = Vec::new();
     for (ino, path, kind) in list_unordered(dir)? {
@@ -768,6 +774,9 @@ fn walk_files(
                 break;
             };
             let result = walk_shard(shard, &f);
+            if result.is_ok() && shards_then == Shards::Remove {
+                let _ = fs::remove_dir(shard);
+            }
             if result.is_err() {
                 failed.store(true, Ordering::Relaxed);
                 return result;
@@ -796,8 +805,7 @@ fn walk_files(
             }
         }
         result
-    })?;
-    Ok(shards)
+    })
 }
 
 /// Calls `f` on the files of one shard directory, in the order of their inode numbers.
