@@ -122,8 +122,8 @@
 //!   100,000 discards of 0.1-2 ms each, depending on the disk's other traffic. The order of
 //!   the removals does not change this (inode, modification time and physical block order
 //!   measured alike); the threads do, by keeping several requests in flight: on a loaded
-//!   machine, a clear of 1e5 entries on disk took 165 µs an entry with 8 threads against
-//!   718 µs with one, and 1e6 entries 128 µs an entry. Without `discard` (with a periodic
+//!   machine, a clear of 1e5 entries on disk took 718 µs an entry with one thread and
+//!   90-165 µs with 8; 1e6 entries 89-128 µs an entry. Without `discard` (with a periodic
 //!   `fstrim` instead, the usual setup) that cost is not paid at clear time.
 //!
 //! Under load, a clear also waits for CPU and disk like any other process (`cargo xtask bench
