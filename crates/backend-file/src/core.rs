@@ -16,9 +16,17 @@ use tokio::sync::Notify;
 
 use crate::config::{Config, Durability};
 use crate::layout::{func_dir, namespace_dir};
-use crate::store::{FsError, FsResult, Store};
+use crate::store::{FsError, FsResult, OpenEntry, OpenedEntry, Store};
 
 const BACKEND: &str = "file";
+
+/// What [`FileCore::open_inline`] did.
+enum Inline {
+    /// Read on the calling task: the entry's `stored_at` and value, or `None` (a miss).
+    Done(Option<(Timestamp, Bytes)>),
+    /// To be read on the blocking pool: the open entry file, or `None` to open it there too.
+    Pool(Option<OpenedEntry>),
+}
 /// The first pause of [`FileCore::wait`] between two looks at a claimed key.
 const WAIT_POLL_START: Duration = Duration::from_millis(2);
 
@@ -144,6 +152,24 @@ impl FileCore {
     fn changed(&self) {
         self.inner.changed.notify_waiters();
     }
+
+    /// Opens the entry file of `key` on the calling task and reads it there when it is at most
+    /// `inline_read_max` bytes long; a larger file is handed, open, to the blocking pool (so it
+    /// is opened once). With `inline_read_max` 0 nothing is done here.
+    async fn open_inline(&self, key: &Key) -> Result<Inline> {
+        let max = self.inner.inline_read_max;
+        if max == 0 {
+            return Ok(Inline::Pool(None));
+        }
+        yield_when_budget_spent().await;
+        let read = match self.inner.store.open_entry(key) {
+            Ok(OpenEntry::Missing) => Ok(Inline::Done(None)),
+            Ok(OpenEntry::Open(opened)) if opened.len > max => Ok(Inline::Pool(Some(opened))),
+            Ok(OpenEntry::Open(opened)) => opened.read().map(Inline::Done),
+            Err(e) => Err(e),
+        };
+        read.map_err(|e| fs_error(e, "get", key))
+    }
 }
 
 impl fmt::Debug for FileCore {
@@ -215,35 +241,45 @@ impl Core for FileCore {
     /// `open`s and one small read, about 10 µs on a local disk, against tens of microseconds for
     /// a trip through the blocking pool); larger ones on the blocking pool.
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        let max = self.inner.inline_read_max;
-        if max > 0 {
-            yield_when_budget_spent().await;
-            match self.inner.store.get_up_to(key, max) {
-                Ok(Some(entry)) => return Ok(entry),
-                Ok(None) => {}
-                Err(e) => return Err(fs_error(e, "get", key)),
+        let store = &self.inner.store;
+        let claim = store.claim_path(key);
+        match self.open_inline(key).await? {
+            Inline::Done(value) => store
+                .with_claim(&claim, value)
+                .map_err(|e| fs_error(e, "get", key)),
+            Inline::Pool(Some(opened)) => {
+                self.run("get", key, move |store| {
+                    let value = opened.read()?;
+                    store.with_claim(&claim, value)
+                })
+                .await
+            }
+            Inline::Pool(None) => {
+                let k = key.clone();
+                self.run("get", key, move |store| store.get(&k)).await
             }
         }
-        let k = key.clone();
-        self.run("get", key, move |store| store.get(&k)).await
     }
 
     /// The hit path: one open and read of the entry file, without the claim file.
     async fn get_value(&self, key: &Key) -> Result<Option<Entry>> {
-        let max = self.inner.inline_read_max;
-        if max > 0 {
-            yield_when_budget_spent().await;
-            match self.inner.store.get_value_up_to(key, max) {
-                Ok(Some(entry)) => return Ok(entry),
-                Ok(None) => {}
-                Err(e) => return Err(fs_error(e, "get", key)),
+        let value = match self.open_inline(key).await? {
+            Inline::Done(value) => value,
+            Inline::Pool(Some(opened)) => self.run("get", key, move |_| opened.read()).await?,
+            Inline::Pool(None) => {
+                let k = key.clone();
+                self.run("get", key, move |store| match store.open_entry(&k)? {
+                    OpenEntry::Missing => Ok(None),
+                    OpenEntry::Open(opened) => opened.read(),
+                })
+                .await?
             }
-        }
-        let k = key.clone();
-        self.run("get", key, move |store| {
-            store.get_value_up_to(&k, u64::MAX).map(Option::flatten)
-        })
-        .await
+        };
+        Ok(value.map(|(stored_at, value)| Entry {
+            value: Some(value),
+            stored_at,
+            claim_until: None,
+        }))
     }
 
     async fn set(&self, key: &Key, value: Bytes, stored_at: Timestamp) -> Result<()> {

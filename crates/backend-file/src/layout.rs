@@ -54,8 +54,10 @@ pub(crate) fn safe_name(id: &str) -> String {
     hasher.update(b"cachier-file-name-v1\0");
     hasher.update(id.as_bytes());
     name.push('-');
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in &hasher.finalize().as_bytes()[..8] {
-        name.push_str(&format!("{b:02x}"));
+        name.push(HEX[usize::from(b >> 4)] as char);
+        name.push(HEX[usize::from(b & 15)] as char);
     }
     name
 }
@@ -68,6 +70,16 @@ pub(crate) fn namespace_dir(root: &Path, namespace: &Namespace) -> PathBuf {
 /// The directory of one function in one namespace.
 pub(crate) fn func_dir(root: &Path, namespace: &Namespace, func: &FuncId) -> PathBuf {
     namespace_dir(root, namespace).join(safe_name(func.as_str()))
+}
+
+/// The entry file of one key: `{function dir}/{hh}/{hash}` (what [`KeyPaths::new`] names
+/// `entry`, without the other paths: the hit path needs nothing else).
+pub(crate) fn entry_path(root: &Path, key: &Key) -> PathBuf {
+    let stem = key.hash.to_hex();
+    let mut path = func_dir(root, &key.namespace, &key.func);
+    path.push(&stem[..SHARD_HEX_LEN]);
+    path.push(&stem);
+    path
 }
 
 /// The paths of one key.
@@ -295,7 +307,31 @@ mod tests {
             }
         }
         assert!(safe_name("billing::total").starts_with("billing__total-"));
+        let digest = blake3::Hasher::new()
+            .update(b"cachier-file-name-v1\0")
+            .update(b"billing::total")
+            .finalize();
+        let hex: String = digest.as_bytes()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(safe_name("billing::total"), format!("billing__total-{hex}"));
         assert_eq!(safe_name("foo"), safe_name("foo"));
+    }
+
+    #[test]
+    fn entry_path_is_the_entry_of_key_paths() {
+        let key = Key::for_args(
+            &Namespace::default(),
+            &FuncId::new("app::f").unwrap(),
+            &(1u32, "x"),
+        )
+        .unwrap();
+        let root = Path::new("/cache");
+        let paths = KeyPaths::new(root, &key);
+        assert_eq!(entry_path(root, &key), paths.entry);
+        assert_eq!(paths.entry.parent(), Some(paths.dir.as_path()));
+        assert_eq!(paths.claim.parent(), Some(paths.dir.as_path()));
     }
 
     #[test]

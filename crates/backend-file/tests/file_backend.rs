@@ -961,3 +961,60 @@ async fn files_of_the_unsharded_layout_are_misses_and_go_with_clear() {
     );
     assert_eq!(core.get(&k).await.unwrap(), None);
 }
+
+/// Entries read on the calling task and entries handed, open, to the blocking pool (larger
+/// than `inline_read_max`, or every read with 0) give the same values, `stored_at`, claims and
+/// misses, through `get` and `get_value`.
+#[tokio::test(flavor = "multi_thread")]
+async fn inline_and_blocking_pool_reads_agree() {
+    let dir = TestDir::new();
+    let writer = dir.open();
+    let sizes = [0usize, 8, 100, 70_000];
+    let stored_at = Timestamp(1_700_000_000_456);
+    for (i, size) in sizes.iter().enumerate() {
+        let v: Vec<u8> = (0..*size).map(|b| (b % 253) as u8).collect();
+        writer
+            .set(&key("app::inline", i as u64), v.into(), stored_at)
+            .await
+            .unwrap();
+    }
+    let claimed = key("app::inline", 3);
+    let Claim::Acquired(_) = writer
+        .claim(&claimed, Duration::from_secs(30))
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key is claimable");
+    };
+    for max in [0u64, 40, 1024, cachier_file::DEFAULT_INLINE_READ_MAX] {
+        let core = FileCore::open(Config::new(dir.root()).with_inline_read_max(max)).unwrap();
+        for (i, size) in sizes.iter().enumerate() {
+            let k = key("app::inline", i as u64);
+            let want: Vec<u8> = (0..*size).map(|b| (b % 253) as u8).collect();
+            let entry = core.get(&k).await.unwrap().expect("an entry");
+            assert_eq!(entry.value.as_deref(), Some(&want[..]), "get, max {max}");
+            assert_eq!(entry.stored_at, stored_at);
+            assert_eq!(entry.claim_until.is_some(), k == claimed, "max {max}");
+            let entry = core.get_value(&k).await.unwrap().expect("a value");
+            assert_eq!(
+                entry.value.as_deref(),
+                Some(&want[..]),
+                "get_value, max {max}"
+            );
+            assert_eq!(entry.stored_at, stored_at);
+        }
+        let absent = key("app::inline", 99);
+        assert_eq!(core.get(&absent).await.unwrap(), None);
+        assert_eq!(core.get_value(&absent).await.unwrap(), None);
+    }
+    // A truncated entry larger than the inline limit is a miss on the pool too.
+    let big = key("app::inline", 3);
+    let entry_file = find_file(&dir.root(), &big.hash.to_hex()).expect("the entry file");
+    let bytes = fs::read(&entry_file).unwrap();
+    fs::write(&entry_file, &bytes[..bytes.len() - 1]).unwrap();
+    let core = FileCore::open(Config::new(dir.root()).with_inline_read_max(1024)).unwrap();
+    assert_eq!(core.get_value(&big).await.unwrap(), None);
+    let entry = core.get(&big).await.unwrap().expect("the claim");
+    assert_eq!(entry.value, None);
+    assert!(entry.claim_until.is_some());
+}
