@@ -15,7 +15,7 @@ use moka::ops::compute::{CompResult, Op};
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::hasher::SeededFold;
+use cachier_core::SeededFold;
 
 /// An in-process [`Core`]. Cheap to share behind an `Arc`; every clone of the `Arc` sees the
 /// same entries. See the [crate docs](crate) for the layout and the bound.

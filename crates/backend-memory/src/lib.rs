@@ -87,7 +87,6 @@
 
 mod config;
 mod core;
-mod hasher;
 
 pub use crate::config::{Config, DEFAULT_MAX_BYTES, ENTRY_OVERHEAD_BYTES};
 pub use crate::core::{MemoryCore, MemoryStats};

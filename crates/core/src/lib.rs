@@ -79,6 +79,7 @@ mod canonical;
 pub mod codec;
 mod contract;
 mod error;
+mod fold;
 mod front;
 mod health;
 mod key;
@@ -101,6 +102,7 @@ pub use contract::{
     WAIT_POLL_START, Watcher, Watching,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use fold::SeededFold;
 pub use front::{Cachier, CachierBuilder, Function};
 pub use health::{LOG_INTERVAL, ProbeBackoff};
 pub use key::{

@@ -63,6 +63,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::contract::{Change, Timestamp, Watcher, Watching};
+use crate::fold::SeededFold;
 use crate::key::{ArgHash, FuncId};
 
 /// Shards of the near cache: independent locks, so concurrent hits rarely wait for each other.
@@ -255,30 +256,6 @@ pub(crate) fn key_bytes(func: u32, hash: &ArgHash) -> [u8; 37] {
     out
 }
 
-/// The maps' hasher: a multiply-and-rotate fold, seeded per near cache from the operating
-/// system's random source (so collisions cannot be precomputed by whoever picks arguments).
-#[derive(Clone, Copy)]
-struct SeededFold(u64);
-
-impl SeededFold {
-    fn new() -> Self {
-        let mut seed = [0u8; 8];
-        // Without OS randomness the fold still works; only the seed is predictable.
-        let _ = getrandom::fill(&mut seed);
-        SeededFold(u64::from_le_bytes(seed) | 1)
-    }
-}
-
-impl BuildHasher for SeededFold {
-    type Hasher = Fold;
-
-    fn build_hasher(&self) -> Fold {
-        Fold(self.0)
-    }
-}
-
-struct Fold(u64);
-
 /// The maps' hasher: near keys carry their hash already.
 #[derive(Clone, Copy, Default)]
 struct PassThrough(u64);
@@ -303,46 +280,6 @@ impl Hasher for PassThrough {
 }
 
 type Pass = std::hash::BuildHasherDefault<PassThrough>;
-
-impl Fold {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-impl Hasher for Fold {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
-        }
-    }
-
-    #[inline]
-    fn write_u32(&mut self, n: u32) {
-        self.add(u64::from(n));
-    }
-
-    #[inline]
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        (self.0 ^ (self.0 >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (self.0 >> 32)
-    }
-}
 
 /// The entry a copy belongs to: function number and argument hash.
 type EntryId = (u32, ArgHash);
@@ -458,7 +395,7 @@ impl Near {
         if !bounds.is_enabled() {
             return None;
         }
-        let hasher = SeededFold::new();
+        let hasher = SeededFold::default();
         Some(Near {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             index: Mutex::default(),

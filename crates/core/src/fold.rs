@@ -1,13 +1,23 @@
-//! The hasher of the store's maps (values and claims).
+//! [`SeededFold`]: the hasher of the in-process maps keyed by cache keys (the near cache, the
+//! memory backend's store).
 
 use std::hash::{BuildHasher, Hasher};
 
-/// The maps' hasher: a multiply-and-rotate fold seeded per map from the operating system's
-/// random source. A hit hashes the namespace, the function id and 32 bytes of BLAKE3 output;
-/// SipHash (the std default) spent about a tenth of a hit on that. The random seed keeps
-/// bucket collisions from being precomputed by whoever chooses the arguments.
-#[derive(Clone)]
-pub(crate) struct SeededFold(u64);
+/// A multiply-and-rotate fold over 8-byte words, seeded per map from the operating system's
+/// random source. Keys of in-process caches are namespaces, function ids and 32 bytes of
+/// BLAKE3 output (or argument encodings); SipHash, the std default, spent about a tenth of a
+/// memory hit on them. The random seed keeps bucket collisions from being precomputed by
+/// whoever chooses the arguments. Not a cryptographic hash.
+///
+/// ```
+/// use std::collections::HashMap;
+/// use cachier_core::SeededFold;
+/// let mut map: HashMap<&str, u32, SeededFold> = HashMap::with_hasher(SeededFold::default());
+/// map.insert("key", 1);
+/// assert_eq!(map["key"], 1);
+/// ```
+#[derive(Clone, Copy)]
+pub struct SeededFold(u64);
 
 impl Default for SeededFold {
     fn default() -> Self {
@@ -15,6 +25,13 @@ impl Default for SeededFold {
         // Without OS randomness the fold still works; only the seed is predictable.
         let _ = getrandom::fill(&mut seed);
         SeededFold(u64::from_le_bytes(seed) | 1)
+    }
+}
+
+impl std::fmt::Debug for SeededFold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The seed stays private.
+        f.write_str("SeededFold")
     }
 }
 
@@ -26,7 +43,8 @@ impl BuildHasher for SeededFold {
     }
 }
 
-pub(crate) struct Fold(u64);
+/// The [`Hasher`] of a [`SeededFold`].
+pub struct Fold(u64);
 
 impl Fold {
     #[inline]
@@ -58,13 +76,18 @@ impl Hasher for Fold {
     }
 
     #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+
+    #[inline]
     fn write_usize(&mut self, n: usize) {
         self.add(n as u64);
     }
 
     #[inline]
     fn finish(&self) -> u64 {
-        // One more round so the last word's bits reach the low bits the table indexes by.
+        // One more round so the last word's bits reach the low bits a table indexes by.
         (self.0 ^ (self.0 >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (self.0 >> 32)
     }
 }
