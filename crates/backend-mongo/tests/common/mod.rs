@@ -35,15 +35,16 @@ pub fn config() -> Config {
 /// Settings for the server at `url`, with timeouts long enough for nx-27017 (a Python server)
 /// to answer a first connection, store values near the 16 MiB limit, or serve 64 concurrent
 /// claims, while the whole test matrix (and possibly a build) loads the machine's two cores: a
-/// 2 s server selection timed out there. A missing server still fails within 10 s. Tests of
-/// the default timeouts use [`server::OutageServer::config`].
+/// 2 s server selection timed out there, and once an operation waited over 10 s for the server
+/// (it answers one request at a time for every mongo test running). A missing server still
+/// fails within 10 s. Tests of the default timeouts use [`server::OutageServer::config`].
 pub fn config_for(url: &str) -> Config {
     Config::from_url(url)
         .unwrap_or_else(|e| panic!("{URL_VAR}={url:?} is not a usable MongoDB URL: {e}"))
         .database(TEST_DATABASE)
         .server_selection_timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(10))
-        .operation_timeout(Duration::from_secs(10))
+        .operation_timeout(Duration::from_secs(30))
 }
 
 /// Sends `tracing` output (warnings and up, or as `RUST_LOG` says) to the test's captured
