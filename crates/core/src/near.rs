@@ -479,6 +479,12 @@ impl Near {
         Some(value)
     }
 
+    /// How many per-entry floors are kept before they fold into one for all entries: four
+    /// times the copies the near cache holds.
+    fn floors_bound(&self) -> usize {
+        self.max_entries * SHARDS * 4 + 64
+    }
+
     /// Whether copies have a time to live (a hit then needs the time).
     #[inline]
     pub(crate) fn has_ttl(&self) -> bool {
@@ -518,7 +524,7 @@ impl Near {
             return;
         }
         let at = Near::shard_of(key.hash);
-        let bound = self.max_entries * SHARDS * 4 + 64;
+        let bound = self.floors_bound();
         // The caller of this read is served its value whether or not it is kept, so no copy
         // may be served afterwards that could be older: at most one copy per entry, and one
         // is kept only where it is known to be at least as new as every value served.
@@ -603,8 +609,7 @@ impl Near {
             if let Some(gone) = shard.map.remove(&key) {
                 shard.bytes -= gone.weight;
                 index.copies.remove(&gone.entry);
-                let bound = self.max_entries * SHARDS * 4 + 64;
-                index.raise_floor(gone.entry, gone.read_done, bound);
+                index.raise_floor(gone.entry, gone.read_done, self.floors_bound());
             }
         }
         // Places of replaced or evicted keys: keep the order from growing without bound.
