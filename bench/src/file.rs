@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cachier_core::codec::{self, DEFAULT_DECODE_LIMIT};
-use cachier_core::{Cachier, Core, DefaultCodec, Function, Key};
+use cachier_core::{Cachier, Core, Function, Key};
 use cachier_file::{Config, FileCore};
 
 use crate::compare;
 use crate::memory::count_label;
 use crate::report::{Report, Row, Unit};
+use crate::suite::after_header;
 use crate::suite::{
     BenchResult, Context, Ctx, HIT_SIZES, Payload, SCALE_PROBES, THROUGHPUT_TASKS, add_throughput,
     check_hits_only, func, populate, probes, stampede, store_and_check, value_of,
@@ -95,7 +96,7 @@ async fn measure(ctx: &Ctx, dir: &Path, report: &mut Report) -> BenchResult<bool
     {
         let f = cache.function(func("miss_store"));
         let value = value_of(100);
-        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+        let sealed = codec::seal_value(&value).ctx("seal")?;
         let raw_dir = dir.join("raw");
         std::fs::create_dir_all(&raw_dir).ctx("raw dir")?;
         let (mut n, mut m, mut r) = (0u64, 0u64, 0u64);
@@ -141,7 +142,7 @@ async fn measure(ctx: &Ctx, dir: &Path, report: &mut Report) -> BenchResult<bool
         let f = cache.function(func("throughput"));
         let value = value_of(100);
         store_and_check(&f, 0, &value).await?;
-        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+        let sealed = codec::seal_value(&value).ctx("seal")?;
         let path = Arc::new(entry_path(&core, &f, 0, &sealed)?);
         for tasks in THROUGHPUT_TASKS {
             let before = f.stats();
@@ -178,7 +179,7 @@ async fn measure(ctx: &Ctx, dir: &Path, report: &mut Report) -> BenchResult<bool
         let cache = cache_over(core.clone(), ctx)?;
         let f = cache.function(func("scale"));
         let value = value_of(100);
-        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+        let sealed = codec::seal_value(&value).ctx("seal")?;
         let keys: Vec<Key> = (0..n as u64)
             .map(|i| f.key(&i))
             .collect::<Result<_, _>>()
@@ -307,14 +308,14 @@ async fn hit_case<T: Payload>(
     let f = cache.function(func(&format!("hit_{size}_{}", T::NAME)));
     let value = T::make(size);
     store_and_check(&f, 0, &value).await?;
-    let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+    let sealed = codec::seal_value(&value).ctx("seal")?;
     let path = entry_path(core, &f, 0, &sealed)?;
     let before = f.stats();
     let series = compare!(ctx.plan, {
         "cachier call" => f.call(&0u64, || async { T::default() }).await,
         "std::fs::read" => std::fs::read(&path),
-        "std::fs::read + codec::open" => std::fs::read(&path).map(|b| {
-            codec::open::<DefaultCodec, T>(&b[ENTRY_HEADER_LEN..], DEFAULT_DECODE_LIMIT)
+        "std::fs::read + codec::open_value" => std::fs::read(&path).map(|b| {
+            codec::open_value::<T>(after_header(b, ENTRY_HEADER_LEN), DEFAULT_DECODE_LIMIT)
         }),
         "tokio::fs::read" => tokio::fs::read(&path).await,
     });
@@ -353,8 +354,8 @@ async fn breakdown(
         "std::fs::read of the entry" => std::fs::read(path),
         "File::open of the absent claim file" => std::fs::File::open(&claim_path).is_ok(),
         "spawn_blocking round trip (empty)" => tokio::task::spawn_blocking(|| 0u8).await,
-        "codec::open (crc32 + bincode)" =>
-            codec::open::<DefaultCodec, Vec<u8>>(sealed, DEFAULT_DECODE_LIMIT),
+        "codec::open_value (crc32 + copy)" =>
+            codec::open_value::<Vec<u8>>(bytes::Bytes::copy_from_slice(&sealed), DEFAULT_DECODE_LIMIT),
     });
     check_hits_only("file breakdown", &before, &f.stats())?;
     let call = series[0].summary().median;

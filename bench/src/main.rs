@@ -27,6 +27,7 @@ mod file_load;
 mod harness;
 mod memory;
 mod plugin;
+mod profile;
 mod redis;
 mod redis_cluster;
 mod report;
@@ -48,7 +49,7 @@ fn usage() -> String {
         "usage: cachier-bench [{}]... [--quick]\n\n\
          Runs the named targets (all when none is named) and writes target/bench/results.json.\n\
          --quick  fewer rounds and smaller stores (scale up to 1e5 entries), under 3 minutes\n\
-         --profile-hit SECS  only loop 100 B memory hits for SECS seconds (run under perf)",
+         --profile-hit SECS  only loop hits for SECS seconds (run under perf), on the first\n         \x20                   target named (memory, file or redis; memory when none is)\n         --size BYTES        with --profile-hit: the stored value's length (default 100)\n         --tasks N           with --profile-hit: concurrent calling tasks (default 1)",
         TARGETS.join("] [")
     )
 }
@@ -59,21 +60,23 @@ fn main() -> ExitCode {
     }
     let mut quick = false;
     let mut profile_secs: Option<u64> = None;
+    let (mut profile_size, mut profile_tasks) = (100usize, 1usize);
     let mut targets: Vec<&'static str> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => quick = true,
-            "--profile-hit" => match args.next().and_then(|s| s.parse().ok()) {
-                Some(secs) => profile_secs = Some(secs),
-                None => {
-                    eprintln!(
-                        "cachier-bench: --profile-hit takes a number of seconds\n{}",
-                        usage()
-                    );
+            "--profile-hit" | "--size" | "--tasks" => {
+                let Some(n) = args.next().and_then(|s| s.parse::<u64>().ok()) else {
+                    eprintln!("cachier-bench: {arg} takes a number\n{}", usage());
                     return ExitCode::from(2);
+                };
+                match arg.as_str() {
+                    "--profile-hit" => profile_secs = Some(n),
+                    "--size" => profile_size = n as usize,
+                    _ => profile_tasks = n as usize,
                 }
-            },
+            }
             "-h" | "--help" => {
                 println!("{}", usage());
                 return ExitCode::SUCCESS;
@@ -113,7 +116,13 @@ fn main() -> ExitCode {
     };
 
     if let Some(secs) = profile_secs {
-        return match runtime.block_on(memory::profile_hit(secs)) {
+        let profile = profile::Profile {
+            secs,
+            size: profile_size,
+            tasks: profile_tasks,
+        };
+        let target = targets.first().copied().unwrap_or("memory");
+        return match runtime.block_on(profile::run(target, &profile, &ctx.run_id)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("cachier-bench: {e}");

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use cached::Cached;
 use cachier_core::codec::{self, DEFAULT_DECODE_LIMIT};
-use cachier_core::{Bytes, Cachier, Core, DefaultCodec, Key, Timestamp};
+use cachier_core::{Bytes, Cachier, Core, Key, Timestamp};
 use cachier_memory::MemoryCore;
 
 use crate::compare;
@@ -66,7 +66,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> BenchResult<bool> {
             "moka insert" => { m += 1; moka.insert(m, value.clone()) },
             "HashMap insert of codec::seal" => {
                 h += 1;
-                map.insert(h, codec::seal::<DefaultCodec, _>(&value).unwrap_or_default())
+                map.insert(h, codec::seal_value(&value).unwrap_or_default())
             },
         });
         let stats = f.stats();
@@ -118,7 +118,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> BenchResult<bool> {
         let cache = cache_over(core.clone(), ctx)?;
         let f = cache.function(func("scale"));
         let value = value_of(100);
-        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+        let sealed = codec::seal_value(&value).ctx("seal")?;
         let now = Timestamp::now();
         let mut map: HashMap<u64, Vec<u8>> = HashMap::with_capacity(n);
         for i in 0..n as u64 {
@@ -138,9 +138,9 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> BenchResult<bool> {
                 a = (a + 1) % probe.len();
                 f.call(&probe[a], || async { Vec::<u8>::new() }).await
             },
-            "HashMap get + codec::open" => {
+            "HashMap get + codec::open_value" => {
                 b = (b + 1) % probe.len();
-                codec::open::<DefaultCodec, Vec<u8>>(&map[&probe[b]], DEFAULT_DECODE_LIMIT)
+                codec::open_value::<Vec<u8>>(bytes::Bytes::copy_from_slice(&map[&probe[b]]), DEFAULT_DECODE_LIMIT)
             },
             "moka get" => { c = (c + 1) % probe.len(); moka.get(&probe[c]) },
         });
@@ -169,7 +169,7 @@ async fn hit_case<T: Payload>(
     let f = cache.function(func(&format!("hit_{size}")));
     let value = T::make(size);
     store_and_check(&f, 0, &value).await?;
-    let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+    let sealed = codec::seal_value(&value).ctx("seal")?;
     let map: HashMap<u64, Vec<u8>> = HashMap::from([(0u64, sealed)]);
     let moka = moka::sync::Cache::new(u64::MAX);
     moka.insert(0u64, value.clone());
@@ -181,8 +181,8 @@ async fn hit_case<T: Payload>(
     let before = f.stats();
     let series = compare!(ctx.plan, {
         "cachier call" => f.call(&0u64, || async { T::default() }).await,
-        "HashMap get + codec::open" =>
-            codec::open::<DefaultCodec, T>(&map[&0u64], DEFAULT_DECODE_LIMIT),
+        "HashMap get + codec::open_value" =>
+            codec::open_value::<T>(bytes::Bytes::copy_from_slice(&map[&0u64]), DEFAULT_DECODE_LIMIT),
         "moka get" => moka.get(&0u64),
         "cached get" => cached.lock().ok().and_then(|mut c| c.cache_get(&0u64).cloned()),
     });
@@ -223,8 +223,8 @@ async fn breakdown(
         "cachier call" => f.call(&0u64, || async { Vec::<u8>::new() }).await,
         "Key::for_args (bincode + blake3)" => Key::for_args(&ns, &id, &0u64),
         "core.get (dyn Core, async)" => core.get(&key).await,
-        "codec::open (crc32 + bincode)" =>
-            codec::open::<DefaultCodec, Vec<u8>>(&sealed, DEFAULT_DECODE_LIMIT),
+        "codec::open_value (crc32 + copy)" =>
+            codec::open_value::<Vec<u8>>(bytes::Bytes::copy_from_slice(&sealed), DEFAULT_DECODE_LIMIT),
         "drop of Key + Entry" => { drop(std::hint::black_box(key.clone())); drop(std::hint::black_box(entry.clone())) },
         "Instant::now + elapsed" => std::time::Instant::now().elapsed(),
     });
@@ -289,34 +289,6 @@ async fn with_recorder(
         &series,
         &[],
         "ratio to 'no recorder' = the recorder's cost; installed for its variant only",
-    );
-    Ok(())
-}
-
-/// Loops 100 B memory hits through the front end for `secs` seconds, for a sampling profiler
-/// (`perf record -g -- cachier-bench --profile-hit 10`). Prints the hits per second.
-pub async fn profile_hit(secs: u64) -> BenchResult<()> {
-    let cache = Cachier::builder(Arc::new(MemoryCore::new()))
-        .namespace("bench-profile")
-        .ctx("namespace")?
-        .strict(true)
-        .build();
-    let f = cache.function(func("profile_hit"));
-    store_and_check(&f, 0, &value_of(100)).await?;
-    let before = f.stats();
-    let started = std::time::Instant::now();
-    let mut n = 0u64;
-    while started.elapsed().as_secs() < secs {
-        for _ in 0..1000 {
-            let _ = std::hint::black_box(f.call(&0u64, || async { Vec::<u8>::new() }).await);
-        }
-        n += 1000;
-    }
-    check_hits_only("profile", &before, &f.stats())?;
-    println!(
-        "{n} hits in {:.1} s: {:.0} ns per hit",
-        started.elapsed().as_secs_f64(),
-        started.elapsed().as_nanos() as f64 / n as f64
     );
     Ok(())
 }

@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cachier_core::codec::{self, DEFAULT_DECODE_LIMIT};
-use cachier_core::{Cachier, Core, DefaultCodec, Function, Key, NearCache};
+use cachier_core::{Cachier, Core, Function, Key, NearCache};
 use cachier_redis::{Config, RedisCore};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::compare;
 use crate::memory::count_label;
 use crate::report::Report;
+use crate::suite::after_header;
 use crate::suite::{
     BenchResult, Context, Ctx, HIT_SIZES, Payload, SCALE_PROBES, THROUGHPUT_TASKS, add_throughput,
     check_hits_only, func, populate, probes, stampede, store_and_check, value_of,
@@ -161,7 +162,7 @@ async fn measure(
     {
         let f = cache.function(func("miss_store"));
         let value = value_of(100);
-        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+        let sealed = codec::seal_value(&value).ctx("seal")?;
         let (mut n, mut m) = (0u64, 0u64);
         let series = compare!(plan, {
             "cachier call (miss, compute, store)" => {
@@ -201,7 +202,7 @@ async fn measure(
         let f = cache.function(func("throughput"));
         let value = value_of(100);
         store_and_check(&f, 0, &value).await?;
-        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+        let sealed = codec::seal_value(&value).ctx("seal")?;
         let name = Arc::new(checked_entry_name(&mut con, &f, 0, &sealed).await?);
         let state = (raw.clone(), name);
         for tasks in THROUGHPUT_TASKS {
@@ -233,7 +234,7 @@ async fn measure(
     for n in ctx.scale_counts(false) {
         let f = cache.function(func(&format!("scale_{n}")));
         let value = value_of(100);
-        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+        let sealed = codec::seal_value(&value).ctx("seal")?;
         let keys: Vec<Key> = (0..n as u64)
             .map(|i| f.key(&i))
             .collect::<Result<_, _>>()
@@ -350,14 +351,14 @@ async fn hit_case<T: Payload>(
     let f = cache.function(func(&format!("hit_{size}_{}", T::NAME)));
     let value = T::make(size);
     store_and_check(&f, 0, &value).await?;
-    let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+    let sealed = codec::seal_value(&value).ctx("seal")?;
     let name = checked_entry_name(con, &f, 0, &sealed).await?;
     let before = f.stats();
     let series = compare!(ctx.plan, {
         "cachier call" => f.call(&0u64, || async { T::default() }).await,
         "raw GET" => get(con, &name).await,
-        "raw GET + codec::open" => get(con, &name).await.map(|b| {
-            b.map(|b| codec::open::<DefaultCodec, T>(&b[ENTRY_HEADER_LEN..], DEFAULT_DECODE_LIMIT))
+        "raw GET + codec::open_value" => get(con, &name).await.map(|b| {
+            b.map(|b| codec::open_value::<T>(after_header(b, ENTRY_HEADER_LEN), DEFAULT_DECODE_LIMIT))
         }),
     });
     check_hits_only(&format!("redis hit {label}"), &before, &f.stats())?;
@@ -399,8 +400,8 @@ async fn breakdown(
             .await,
         "raw GET" => get(con, name).await,
         "raw PING" => redis::cmd("PING").query_async::<String>(&mut *con).await,
-        "codec::open (crc32 + bincode)" =>
-            codec::open::<DefaultCodec, Vec<u8>>(sealed, DEFAULT_DECODE_LIMIT),
+        "codec::open_value (crc32 + copy)" =>
+            codec::open_value::<Vec<u8>>(bytes::Bytes::copy_from_slice(&sealed), DEFAULT_DECODE_LIMIT),
     });
     check_hits_only("redis breakdown", &before, &f.stats())?;
     report.add_comparison(

@@ -9,13 +9,14 @@
 use std::sync::Arc;
 
 use cachier_core::codec::{self, DEFAULT_DECODE_LIMIT};
-use cachier_core::{Cachier, Core, DefaultCodec};
+use cachier_core::{Cachier, Core};
 use cachier_redis::{Config, RedisCore};
 use redis::cluster_async::ClusterConnection;
 
 use crate::compare;
 use crate::redis::{ENTRY_HEADER_LEN, entry_name};
 use crate::report::Report;
+use crate::suite::after_header;
 use crate::suite::{
     BenchResult, Context, Ctx, HIT_SIZES, check_hits_only, func, stampede, store_and_check,
     value_of,
@@ -96,7 +97,7 @@ async fn measure(
         let f = cache.function(func(&format!("hit_{size}")));
         let value = value_of(size);
         store_and_check(&f, 0, &value).await?;
-        let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+        let sealed = codec::seal_value(&value).ctx("seal")?;
         let name = entry_name(&f.key(&0u64).ctx("key")?);
         match get(&mut con, &name).await.ctx("raw GET")? {
             Some(b) if b.len() == ENTRY_HEADER_LEN + sealed.len() => {}
@@ -110,9 +111,9 @@ async fn measure(
         let series = compare!(ctx.plan, {
             "cachier call" => f.call(&0u64, || async { Vec::<u8>::new() }).await,
             "raw cluster GET" => get(&mut con, &name).await,
-            "raw cluster GET + codec::open" => get(&mut con, &name).await.map(|b| {
+            "raw cluster GET + codec::open_value" => get(&mut con, &name).await.map(|b| {
                 b.map(|b| {
-                    codec::open::<DefaultCodec, Vec<u8>>(&b[ENTRY_HEADER_LEN..], DEFAULT_DECODE_LIMIT)
+                    codec::open_value::<Vec<u8>>(after_header(b, ENTRY_HEADER_LEN), DEFAULT_DECODE_LIMIT)
                 })
             }),
         });

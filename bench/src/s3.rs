@@ -10,13 +10,14 @@
 use std::sync::Arc;
 
 use cachier_core::codec::{self, DEFAULT_DECODE_LIMIT};
-use cachier_core::{Cachier, DefaultCodec, Function};
+use cachier_core::{Cachier, Function};
 use cachier_object_store::{Config, ObjectStoreCore};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 use crate::compare;
 use crate::report::Report;
+use crate::suite::after_header;
 use crate::suite::{
     BenchResult, Context, Ctx, Payload, check_hits_only, func, store_and_check, value_of,
 };
@@ -96,7 +97,7 @@ async fn measure(
     // Miss + store of 100 B.
     let f = cache.function(func("miss_store"));
     let value = value_of(100);
-    let sealed = bytes::Bytes::from(codec::seal::<DefaultCodec, _>(&value).ctx("seal")?);
+    let sealed = bytes::Bytes::from(codec::seal_value(&value).ctx("seal")?);
     let store = core.store().clone();
     let (mut n, mut m) = (0u64, 0u64);
     let series = compare!(ctx.plan, {
@@ -141,15 +142,15 @@ async fn hit_case<T: Payload>(
     let f = cache.function(func(&format!("hit_{size}_{}", T::NAME)));
     let value = T::make(size);
     store_and_check(&f, 0, &value).await?;
-    let sealed = codec::seal::<DefaultCodec, _>(&value).ctx("seal")?;
+    let sealed = codec::seal_value(&value).ctx("seal")?;
     let path = checked_object(core, &f, 0, &sealed).await?;
     let store = core.store().clone();
     let before = f.stats();
     let series = compare!(ctx.plan, {
         "cachier call" => f.call(&0u64, || async { T::default() }).await,
         "raw object_store GET" => raw_get(&store, &path).await,
-        "raw GET + codec::open" => raw_get(&store, &path).await.map(|b| {
-            codec::open::<DefaultCodec, T>(&b[ENTRY_HEADER_LEN..], DEFAULT_DECODE_LIMIT)
+        "raw GET + codec::open_value" => raw_get(&store, &path).await.map(|b| {
+            codec::open_value::<T>(after_header(b, ENTRY_HEADER_LEN), DEFAULT_DECODE_LIMIT)
         }),
     });
     check_hits_only(&format!("s3 hit {label}"), &before, &f.stats())?;

@@ -936,17 +936,25 @@ impl Function {
             } else {
                 core.get_value(&key).await
             });
+            let stored_len = match &read {
+                Ok(Some(Entry {
+                    value: Some(bytes), ..
+                })) => bytes.len(),
+                _ => 0,
+            };
             match read {
                 Err(err) => {
                     self.backend_error("get", &key, err, out)?;
                     return self.compute_unclaimed(&key, compute, false, out).await;
                 }
-                Ok(entry) => match self.judge(&key, entry.as_ref(), freshness) {
+                Ok(mut entry) => match self.judge(&key, entry.as_mut(), freshness) {
                     Usable::Fresh(value) => {
                         if let (Some((near_key, read_at)), Some(ticket), Some(entry)) =
                             (&near_key, ticket, &entry)
                         {
-                            self.keep_near(near_key, &key, ticket, *read_at, entry, &value);
+                            self.keep_near(
+                                near_key, &key, ticket, *read_at, entry, stored_len, &value,
+                            );
                         }
                         self.counters.count(Event::Hit);
                         out.set(Outcome::Hit);
@@ -999,9 +1007,9 @@ impl Function {
                 Ok(Claim::Acquired(token)) => {
                     // Between our read and this claim, another caller may have stored its
                     // value and ended its claim: look once more before computing again.
-                    if let Ok(entry) = self.seen(core.get(&key).await)
+                    if let Ok(mut entry) = self.seen(core.get(&key).await)
                         && let Usable::Fresh(value) =
-                            self.judge_reporting(&key, entry.as_ref(), freshness, false)
+                            self.judge_reporting(&key, entry.as_mut(), freshness, false)
                     {
                         if let Err(err) = core.release(&key, &token).await {
                             tracing::warn!(key = %key, error = %err, "claim release failed; it ends with its lease");
@@ -1043,8 +1051,8 @@ impl Function {
                     self.backend_error("wait", &key, err, out)?;
                     return self.compute_unclaimed(&key, compute, false, out).await;
                 }
-                Ok(entry) => {
-                    if let Usable::Fresh(value) = self.judge(&key, entry.as_ref(), freshness) {
+                Ok(mut entry) => {
+                    if let Usable::Fresh(value) = self.judge(&key, entry.as_mut(), freshness) {
                         self.counters.count(Event::Hit);
                         out.set(Outcome::Waited);
                         return Ok(Ok(value));
@@ -1181,9 +1189,10 @@ impl Function {
         ticket: Ticket,
         read_at: Instant,
         entry: &Entry,
+        stored_len: usize,
         value: &T,
     ) {
-        let (Some((near, _)), Some(bytes)) = (&self.cache.inner.near, &entry.value) else {
+        let Some((near, _)) = &self.cache.inner.near else {
             return;
         };
         near.put(
@@ -1192,7 +1201,7 @@ impl Function {
             ticket,
             read_at,
             entry.stored_at,
-            bytes.len(),
+            stored_len,
             self.settings.allow_none && is_none(value),
             value.clone(),
         );
@@ -1209,7 +1218,7 @@ impl Function {
         if !self.settings.allow_none && is_none(value) {
             return Ok(false);
         }
-        let bytes = match codec::seal_default(value) {
+        let bytes = match codec::seal_value(value) {
             Ok(bytes) => bytes,
             Err(err) if self.settings.strict => return Err(err.with_key(key)),
             Err(err) => {
@@ -1249,7 +1258,7 @@ impl Function {
     fn judge<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         key: &Key,
-        entry: Option<&Entry>,
+        entry: Option<&mut Entry>,
         freshness: Freshness,
     ) -> Usable<T> {
         self.judge_reporting(key, entry, freshness, true)
@@ -1260,16 +1269,17 @@ impl Function {
     fn judge_reporting<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         key: &Key,
-        entry: Option<&Entry>,
+        entry: Option<&mut Entry>,
         freshness: Freshness,
         report_corrupt: bool,
     ) -> Usable<T> {
-        let Some((bytes, stored_at)) =
-            entry.and_then(|e| e.value.as_ref().map(|v| (v, e.stored_at)))
+        // The stored bytes are taken out of the entry: a byte buffer or string read into a
+        // buffer of its own becomes the value without a copy.
+        let Some((bytes, stored_at)) = entry.and_then(|e| e.value.take().map(|v| (v, e.stored_at)))
         else {
             return Usable::Missing;
         };
-        let value: T = match codec::open_default::<T>(bytes, self.settings.decode_limit) {
+        let value: T = match codec::open_value::<T>(bytes, self.settings.decode_limit) {
             Ok(value) => value,
             Err(err) => {
                 if report_corrupt {

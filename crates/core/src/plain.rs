@@ -2,31 +2,77 @@
 //!
 //! serde hands a `Vec<u8>` (or a `Vec<f64>`) to the codec one element at a time, which costs a
 //! few nanoseconds a byte both ways: a 64 KiB buffer took longer to decode than to read from
-//! disk. For these types the payload the [`Bincode`](crate::Bincode) codec writes is simply a
-//! little-endian `u64` length followed by the elements in little-endian order, so they are
-//! encoded and decoded here directly, in bulk, producing and accepting exactly the bytes the
-//! codec does: the stored format does not change, and values written either way read either way
-//! (the tests below pin that for every type).
+//! disk. These types are encoded and decoded here directly, in bulk:
+//!
+//! - Byte buffers and strings (`Vec<u8>`, `String`, `bytes::Bytes`) are stored as their own
+//!   bytes under the raw codec ([`RAW_ID`](crate::codec::RAW_ID)): the envelope's payload is the
+//!   value, first in the stored bytes, so a buffer read from the backend becomes the caller's
+//!   `Vec<u8>` or `String` without a copy when nothing else holds it. Values that version 1
+//!   envelopes or `precache` wrote through the codec (a `u64` length, then the bytes) still read.
+//! - Vectors of numbers are written exactly as the [`Bincode`](crate::Bincode) codec writes
+//!   them (a little-endian `u64` count, then the elements in little-endian order), so values
+//!   written either way read either way (the tests below pin that for every type).
 //!
 //! The types are recognised by their [`TypeId`](std::any::TypeId), so only the value's own type
 //! counts: a struct holding a `Vec<u8>` goes through serde as before (`serde_bytes` helps there).
 
 use std::any::Any;
 
+use bytes::Bytes;
+
 use crate::error::{Error, ErrorKind, Result};
 
-/// Appends the payload of `value` to `out` if its type is one of the plain types, and says
-/// whether it did.
+/// Appends the value's own bytes to `out` if its type is a byte buffer or a string (`Vec<u8>`,
+/// `String`, `bytes::Bytes`), and says whether it did: the payload of the raw codec
+/// ([`RAW_ID`](crate::codec::RAW_ID)), which needs no length prefix (the envelope has the length).
+pub(crate) fn encode_raw_into<T: Any>(value: &T, out: &mut Vec<u8>) -> bool {
+    let value = value as &dyn Any;
+    let bytes: &[u8] = if let Some(bytes) = value.downcast_ref::<Vec<u8>>() {
+        bytes
+    } else if let Some(text) = value.downcast_ref::<String>() {
+        text.as_bytes()
+    } else if let Some(bytes) = value.downcast_ref::<Bytes>() {
+        bytes
+    } else {
+        return false;
+    };
+    out.extend_from_slice(bytes);
+    true
+}
+
+/// The raw codec's `payload` as a value of type `T`, without a copy where `payload` is the only
+/// handle on a buffer (a `Vec<u8>` or `String` then takes the buffer over); an error if `T` is
+/// not a byte buffer or string, or a `String` is not UTF-8.
+pub(crate) fn decode_raw<T: Any>(payload: Bytes, limit: usize) -> Result<T> {
+    if payload.len() > limit {
+        return Err(codec_error(format!(
+            "the stored value holds {} bytes, over the decode limit of {limit} bytes",
+            payload.len()
+        )));
+    }
+    let mut slot: Option<T> = None;
+    let out = &mut slot as &mut dyn Any;
+    if let Some(slot) = out.downcast_mut::<Option<Vec<u8>>>() {
+        *slot = Some(Vec::from(payload));
+    } else if let Some(slot) = out.downcast_mut::<Option<String>>() {
+        let text = String::from_utf8(Vec::from(payload))
+            .map_err(|e| codec_error("the stored string is not UTF-8").with_source(e))?;
+        *slot = Some(text);
+    } else if let Some(slot) = out.downcast_mut::<Option<Bytes>>() {
+        *slot = Some(payload);
+    } else {
+        return Err(codec_error(format!(
+            "the stored value is raw bytes, which do not decode as a {}",
+            std::any::type_name::<T>()
+        )));
+    }
+    Ok(slot.expect("the slot was filled"))
+}
+
+/// Appends the payload of `value` to `out` if its type is a vector of numbers, and says whether
+/// it did: a `u64` count, then the elements, little-endian, as the codec writes them.
 pub(crate) fn encode_into<T: Any>(value: &T, out: &mut Vec<u8>) -> bool {
     let value = value as &dyn Any;
-    if let Some(bytes) = value.downcast_ref::<Vec<u8>>() {
-        with_len(bytes.len(), bytes, out);
-        return true;
-    }
-    if let Some(text) = value.downcast_ref::<String>() {
-        with_len(text.len(), text.as_bytes(), out);
-        return true;
-    }
     macro_rules! numbers {
         ($($ty:ty),*) => {$(
             if let Some(items) = value.downcast_ref::<Vec<$ty>>() {
@@ -89,13 +135,6 @@ pub(crate) fn decode<T: Any>(payload: &[u8], limit: usize) -> Option<Result<T>> 
     Some(done.map(|()| slot.expect("the slot was filled")))
 }
 
-/// Appends `len` as the codec's `u64` prefix, then `bytes`.
-fn with_len(len: usize, bytes: &[u8], out: &mut Vec<u8>) {
-    out.reserve(8 + bytes.len());
-    out.extend_from_slice(&(len as u64).to_le_bytes());
-    out.extend_from_slice(bytes);
-}
-
 /// The element bytes of a length-prefixed sequence of `width`-byte elements, checked against
 /// the payload's size and the decode limit.
 fn elements(payload: &[u8], width: usize, limit: usize) -> Result<&[u8]> {
@@ -145,20 +184,27 @@ mod tests {
         let fast = encode(&value).expect("a plain type");
         let slow = Bincode::encode(&value).expect("encodes");
         assert_eq!(fast, slow, "{}", std::any::type_name::<T>());
+        reads_the_codec(value);
+    }
+
+    /// The fast path reads what the codec writes.
+    fn reads_the_codec<T>(value: T)
+    where
+        T: Any + Serialize + DeserializeOwned + PartialEq + Debug,
+    {
+        let slow = Bincode::encode(&value).expect("encodes");
         let back: T = decode(&slow, DEFAULT_DECODE_LIMIT)
             .expect("a plain type")
             .expect("decodes");
-        assert_eq!(back, value);
-        let back: T = Bincode::decode(&fast, DEFAULT_DECODE_LIMIT).expect("decodes");
         assert_eq!(back, value);
     }
 
     #[test]
     fn plain_types_match_the_codec_byte_for_byte() {
-        same_as_codec((0..=255u8).collect::<Vec<u8>>());
-        same_as_codec(Vec::<u8>::new());
-        same_as_codec(String::from("naïve 函数 🚀"));
-        same_as_codec(String::new());
+        reads_the_codec((0..=255u8).collect::<Vec<u8>>());
+        reads_the_codec(Vec::<u8>::new());
+        reads_the_codec(String::from("naïve 函数 🚀"));
+        reads_the_codec(String::new());
         same_as_codec(vec![-1i8, 0, 127, -128]);
         same_as_codec(vec![0u16, 1, 0xfffe]);
         same_as_codec(vec![i16::MIN, -1, i16::MAX]);
@@ -168,6 +214,50 @@ mod tests {
         same_as_codec(vec![i64::MIN, -5, i64::MAX]);
         same_as_codec(vec![0.5f32, -0.0, f32::MAX, f32::MIN_POSITIVE]);
         same_as_codec(vec![1.5f64, -2.25, f64::MAX, f64::EPSILON]);
+    }
+
+    #[test]
+    fn byte_buffers_and_strings_are_raw_and_taken_over_without_a_copy() {
+        let mut out = Vec::new();
+        assert!(encode_raw_into(&String::from("déjà"), &mut out));
+        assert!(encode_raw_into(&vec![1u8, 2], &mut out));
+        assert!(encode_raw_into(&Bytes::from_static(b"xy"), &mut out));
+        assert_eq!(
+            out,
+            "déjà"
+                .bytes()
+                .chain([1, 2])
+                .chain(*b"xy")
+                .collect::<Vec<u8>>()
+        );
+        assert!(!encode_raw_into(&vec![1u16], &mut out));
+
+        // A buffer nothing else holds becomes the value in place.
+        let buffer: Vec<u8> = (0..=255u8).cycle().take(1 << 16).collect();
+        let back: Vec<u8> = decode_raw(Bytes::from(buffer.clone()), usize::MAX).expect("bytes");
+        assert_eq!(back, buffer);
+        let mut tail = Bytes::from(buffer.clone());
+        tail.truncate(1000);
+        let owned = Bytes::from(buffer);
+        let shared = owned.clone();
+        let kept: Vec<u8> = decode_raw(shared, usize::MAX).expect("bytes");
+        assert_eq!(kept.len(), 1 << 16, "a shared buffer is copied");
+        drop(owned);
+        let unique = Bytes::from(kept);
+        let unique_at = unique.as_ptr();
+        let back: Vec<u8> = decode_raw(unique, usize::MAX).expect("bytes");
+        assert_eq!(back.as_ptr(), unique_at, "a buffer held once is taken over");
+        let back: Vec<u8> = decode_raw(tail, usize::MAX).expect("bytes");
+        assert_eq!(back.len(), 1000);
+
+        let text: String = decode_raw(Bytes::from("naïve".to_owned()), 100).expect("utf-8");
+        assert_eq!(text, "naïve");
+        let bad = decode_raw::<String>(Bytes::from_static(&[0xff, 0xfe]), 100);
+        assert_eq!(bad.unwrap_err().kind(), ErrorKind::Codec);
+        let over = decode_raw::<Vec<u8>>(Bytes::from_static(&[0; 10]), 9);
+        assert_eq!(over.unwrap_err().kind(), ErrorKind::Codec);
+        let not_bytes = decode_raw::<Vec<u16>>(Bytes::from_static(&[0; 4]), 100);
+        assert_eq!(not_bytes.unwrap_err().kind(), ErrorKind::Codec);
     }
 
     #[test]
