@@ -355,7 +355,7 @@ async fn breakdown(
         "File::open of the absent claim file" => std::fs::File::open(&claim_path).is_ok(),
         "spawn_blocking round trip (empty)" => tokio::task::spawn_blocking(|| 0u8).await,
         "codec::open_value (crc32 + copy)" =>
-            codec::open_value::<Vec<u8>>(bytes::Bytes::copy_from_slice(&sealed), DEFAULT_DECODE_LIMIT),
+            codec::open_value::<Vec<u8>>(bytes::Bytes::copy_from_slice(sealed), DEFAULT_DECODE_LIMIT),
     });
     check_hits_only("file breakdown", &before, &f.stats())?;
     let call = series[0].summary().median;

@@ -401,7 +401,7 @@ async fn breakdown(
         "raw GET" => get(con, name).await,
         "raw PING" => redis::cmd("PING").query_async::<String>(&mut *con).await,
         "codec::open_value (crc32 + copy)" =>
-            codec::open_value::<Vec<u8>>(bytes::Bytes::copy_from_slice(&sealed), DEFAULT_DECODE_LIMIT),
+            codec::open_value::<Vec<u8>>(bytes::Bytes::copy_from_slice(sealed), DEFAULT_DECODE_LIMIT),
     });
     check_hits_only("redis breakdown", &before, &f.stats())?;
     report.add_comparison(

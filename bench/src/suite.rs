@@ -346,6 +346,14 @@ pub async fn store_and_check<T: Payload>(f: &Function, args: u64, value: &T) -> 
     Ok(())
 }
 
+/// The stored envelope in a raw read of an entry that starts with a `header_len`-byte header of
+/// the backend's, in the read's own buffer (as the backend hands it to the front end).
+pub fn after_header(read: impl Into<bytes::Bytes>, header_len: usize) -> bytes::Bytes {
+    let mut bytes = read.into();
+    bytes::Buf::advance(&mut bytes, header_len);
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,12 +373,4 @@ mod tests {
         assert_eq!(value_of(100), value_of(100));
         assert_eq!(value_of(100).len(), 100);
     }
-}
-
-/// The stored envelope in a raw read of an entry that starts with a `header_len`-byte header of
-/// the backend's, in the read's own buffer (as the backend hands it to the front end).
-pub fn after_header(read: impl Into<bytes::Bytes>, header_len: usize) -> bytes::Bytes {
-    let mut bytes = read.into();
-    bytes::Buf::advance(&mut bytes, header_len);
-    bytes
 }

@@ -953,7 +953,12 @@ impl Function {
                             (&near_key, ticket, &entry)
                         {
                             self.keep_near(
-                                near_key, &key, ticket, *read_at, entry, stored_len, &value,
+                                near_key,
+                                &key,
+                                ticket,
+                                *read_at,
+                                (entry.stored_at, stored_len),
+                                &value,
                             );
                         }
                         self.counters.count(Event::Hit);
@@ -1188,8 +1193,7 @@ impl Function {
         key: &Key,
         ticket: Ticket,
         read_at: Instant,
-        entry: &Entry,
-        stored_len: usize,
+        (stored_at, stored_len): (Timestamp, usize),
         value: &T,
     ) {
         let Some((near, _)) = &self.cache.inner.near else {
@@ -1200,7 +1204,7 @@ impl Function {
             (self.near_number, key.hash),
             ticket,
             read_at,
-            entry.stored_at,
+            stored_at,
             stored_len,
             self.settings.allow_none && is_none(value),
             value.clone(),
