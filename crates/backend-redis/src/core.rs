@@ -609,7 +609,13 @@ impl fmt::Debug for RedisCore {
 /// logged, for bytes in a framing this crate did not write.
 fn unpack(key: &Key, stored: Vec<u8>) -> Option<(Bytes, Timestamp)> {
     match layout::unpack_header(&stored) {
-        Some(stored_at) => Some((Bytes::from(stored).slice(layout::HEADER_LEN..), stored_at)),
+        Some(stored_at) => {
+            // The value stays in the reply's buffer (`advance`, unlike `slice`, shares nothing),
+            // so the front end can take a byte buffer or string over in place.
+            let mut value = Bytes::from(stored);
+            bytes::Buf::advance(&mut value, layout::HEADER_LEN);
+            Some((value, stored_at))
+        }
         None => {
             warn!(%key, len = stored.len(), "redis entry has a foreign framing; treated as a miss");
             None
