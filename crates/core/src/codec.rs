@@ -266,6 +266,17 @@ pub fn open<C: Codec, T: DeserializeOwned>(bytes: &[u8], decode_limit: usize) ->
     C::decode(payload, decode_limit)
 }
 
+/// A version 1 envelope, as earlier builds wrote it (for the checks that they still read).
+#[cfg(any(test, feature = "conformance"))]
+pub(crate) fn wrap_v1(codec: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&[1, codec, 0, 0]);
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
@@ -279,16 +290,6 @@ mod tests {
         let back: (u32, String, Vec<Option<i64>>) =
             open::<Bincode, _>(&sealed, DEFAULT_DECODE_LIMIT).unwrap();
         assert_eq!(back, v);
-    }
-
-    /// A version 1 envelope, as earlier builds wrote it.
-    fn wrap_v1(codec: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        out.extend_from_slice(&[1, codec, 0, 0]);
-        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        out.extend_from_slice(payload);
-        out
     }
 
     #[test]

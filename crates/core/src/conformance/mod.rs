@@ -438,6 +438,7 @@ macro_rules! __conformance_checks {
             foreign_codec_is_a_miss,
             hostile_length_prefix_is_a_miss,
             wrong_type_is_a_miss,
+            byte_values_and_earlier_envelopes_read_back,
             many_tasks_one_computation,
             many_cores_one_computation,
             panic_releases_claim,
