@@ -4,9 +4,9 @@
 use bytes::Bytes;
 
 use super::sealed;
-use crate::{NearCache, Timestamp};
 use crate::codec::{self, Bincode, Codec, DefaultCodec};
 use crate::conformance::{Harness, Outcome, func_id};
+use crate::{NearCache, Timestamp};
 
 async fn corrupt_is_miss(h: &Harness, bad: Bytes) {
     let s = h.scope().await;
@@ -90,26 +90,42 @@ pub async fn byte_values_and_earlier_envelopes_read_back(h: &Harness) -> Outcome
     let cache = s.builder().near_cache(NearCache::disabled()).build();
     let bytes = cache.function(func_id("bytes"));
     let text = cache.function(func_id("text"));
-    h.step("storing byte buffers and strings of 0, 1, 255 and 65,539 bytes, then reading them back");
+    h.step(
+        "storing byte buffers and strings of 0, 1, 255 and 65,539 bytes, then reading them back",
+    );
     for len in [0usize, 1, 255, 65_539] {
         let value: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
         let v = value.clone();
-        let first: Vec<u8> = bytes.call(&len, move || async move { v }).await.expect("call");
-        assert_eq!(first, value);
-        let again: Vec<u8> = bytes
-            .call(&len, || async { panic!("a stored byte buffer was recomputed") })
+        let first: Vec<u8> = bytes
+            .call(&len, move || async move { v })
             .await
             .expect("call");
-        assert!(again == value, "the byte buffer of {len} bytes read back differently");
+        assert_eq!(first, value);
+        let again: Vec<u8> = bytes
+            .call(&len, || async {
+                panic!("a stored byte buffer was recomputed")
+            })
+            .await
+            .expect("call");
+        assert!(
+            again == value,
+            "the byte buffer of {len} bytes read back differently"
+        );
         let value: String = "é€🚀a".chars().cycle().take(len).collect();
         let v = value.clone();
-        let first: String = text.call(&len, move || async move { v }).await.expect("call");
+        let first: String = text
+            .call(&len, move || async move { v })
+            .await
+            .expect("call");
         assert_eq!(first, value);
         let again: String = text
             .call(&len, || async { panic!("a stored string was recomputed") })
             .await
             .expect("call");
-        assert!(again == value, "the string of {len} characters read back differently");
+        assert!(
+            again == value,
+            "the string of {len} characters read back differently"
+        );
     }
     h.step("serving values stored in a version 1 envelope");
     let old_bytes = vec![0u8, 255, 1, 2];
@@ -125,16 +141,23 @@ pub async fn byte_values_and_earlier_envelopes_read_back(h: &Harness) -> Outcome
             .expect("set");
     }
     let served: Vec<u8> = bytes
-        .call("old", || async { panic!("a version 1 value was recomputed") })
+        .call("old", || async {
+            panic!("a version 1 value was recomputed")
+        })
         .await
         .expect("call");
     assert_eq!(served, old_bytes);
     let pairs = cache.function(func_id("text"));
     let served: (u32, String) = pairs
-        .call("old", || async { panic!("a version 1 value was recomputed") })
+        .call("old", || async {
+            panic!("a version 1 value was recomputed")
+        })
         .await
         .expect("call");
     assert_eq!(served, old_pair);
-    assert_eq!(bytes.stats().corrupt_entries + text.stats().corrupt_entries, 0);
+    assert_eq!(
+        bytes.stats().corrupt_entries + text.stats().corrupt_entries,
+        0
+    );
     Outcome::Passed
 }

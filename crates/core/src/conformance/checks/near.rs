@@ -367,15 +367,12 @@ pub async fn near_copies_are_served_only_while_fresh(h: &Harness) -> Outcome {
 
     // A call begun less than `stale_after` after the call that stored the value began must
     // serve it; later ones (a slow server) cannot be judged and only count as calls.
-    let hits = |expected: u64, since: Instant, what: &'static str| {
-        let plain = plain.clone();
-        async move {
-            for _ in 0..3 {
-                let began = Instant::now();
-                let got = plain().await;
-                if began.duration_since(since) < STALE_AFTER {
-                    assert_eq!(got, expected, "{what}");
-                }
+    let hits = |expected: u64, since: Instant, what: &'static str| async move {
+        for _ in 0..3 {
+            let began = Instant::now();
+            let got = plain().await;
+            if began.duration_since(since) < STALE_AFTER {
+                assert_eq!(got, expected, "{what}");
             }
         }
     };
