@@ -36,6 +36,8 @@ pub(crate) fn encode_raw_into<T: Any>(value: &T, out: &mut Vec<u8>) -> bool {
     } else {
         return false;
     };
+    // Room for the envelope's trailer too: sealing then appends it without growing the buffer.
+    out.reserve_exact(bytes.len() + crate::codec::HEADER_LEN);
     out.extend_from_slice(bytes);
     true
 }
@@ -76,7 +78,7 @@ pub(crate) fn encode_into<T: Any>(value: &T, out: &mut Vec<u8>) -> bool {
     macro_rules! numbers {
         ($($ty:ty),*) => {$(
             if let Some(items) = value.downcast_ref::<Vec<$ty>>() {
-                out.reserve(8 + items.len() * size_of::<$ty>());
+                out.reserve_exact(8 + items.len() * size_of::<$ty>() + crate::codec::HEADER_LEN);
                 out.extend_from_slice(&(items.len() as u64).to_le_bytes());
                 for item in items {
                     out.extend_from_slice(&item.to_le_bytes());
