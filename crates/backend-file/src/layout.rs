@@ -1,6 +1,7 @@
 //! Names and bytes on disk: safe directory names for namespaces and functions, which file in a
 //! function directory is what, and the entry and claim record formats (see the crate docs).
 
+use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,13 +74,43 @@ pub(crate) fn func_dir(root: &Path, namespace: &Namespace, func: &FuncId) -> Pat
 }
 
 /// The entry file of one key: `{function dir}/{hh}/{hash}` (what [`KeyPaths::new`] names
-/// `entry`, without the other paths: the hit path needs nothing else).
+/// `entry`, without the other paths: the hit path needs nothing else). The function
+/// directory's name costs two BLAKE3 hashes, so each thread keeps the last one it made.
 pub(crate) fn entry_path(root: &Path, key: &Key) -> PathBuf {
+    thread_local! {
+        static LAST_FUNC_DIR: RefCell<Option<(PathBuf, Namespace, FuncId, PathBuf)>> =
+            const { RefCell::new(None) };
+    }
     let stem = key.hash.to_hex();
-    let mut path = func_dir(root, &key.namespace, &key.func);
-    path.push(&stem[..SHARD_HEX_LEN]);
-    path.push(&stem);
-    path
+    let at = |dir: &Path| {
+        let mut path =
+            PathBuf::with_capacity(dir.as_os_str().len() + SHARD_HEX_LEN + stem.len() + 2);
+        path.push(dir);
+        path.push(&stem[..SHARD_HEX_LEN]);
+        path.push(&stem);
+        path
+    };
+    LAST_FUNC_DIR.with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return at(&func_dir(root, &key.namespace, &key.func));
+        };
+        match &*last {
+            Some((r, ns, func, dir)) if r == root && *ns == key.namespace && *func == key.func => {
+                at(dir)
+            }
+            _ => {
+                let dir = func_dir(root, &key.namespace, &key.func);
+                let path = at(&dir);
+                *last = Some((
+                    root.to_path_buf(),
+                    key.namespace.clone(),
+                    key.func.clone(),
+                    dir,
+                ));
+                path
+            }
+        }
+    })
 }
 
 /// The paths of one key.
@@ -332,6 +363,23 @@ mod tests {
         assert_eq!(entry_path(root, &key), paths.entry);
         assert_eq!(paths.entry.parent(), Some(paths.dir.as_path()));
         assert_eq!(paths.claim.parent(), Some(paths.dir.as_path()));
+        // The directory a thread remembers is used only for the same root, namespace and
+        // function, in any order of calls.
+        let other_ns = Namespace::new("other").unwrap();
+        let other_func = FuncId::new("app::g").unwrap();
+        let keys = [
+            key.clone(),
+            Key::new(other_ns.clone(), key.func.clone(), key.hash),
+            Key::new(key.namespace.clone(), other_func.clone(), key.hash),
+            Key::new(other_ns, other_func, key.hash),
+            key.clone(),
+        ];
+        for root in ["/cache", "/other", "/cache"] {
+            for key in keys.iter().chain(keys.iter().rev()) {
+                let root = Path::new(root);
+                assert_eq!(entry_path(root, key), KeyPaths::new(root, key).entry);
+            }
+        }
     }
 
     #[test]
