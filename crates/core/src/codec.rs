@@ -18,7 +18,9 @@
 //!
 //! Version 1 put the same fields first (magic, version `1`, codec id, two reserved bytes,
 //! length, CRC-32, then the payload); it is still read, so values stored by earlier builds stay
-//! hits.
+//! hits. Builds that read only version 1 take version 2 values for corrupt entries: misses,
+//! recomputed and overwritten, so processes of both kinds sharing a store during an upgrade
+//! compute more often but never serve a wrong value.
 //!
 //! [`unwrap`] checks every field before the codec sees a byte, and the codec refuses length
 //! prefixes whose total claim exceeds the decode limit, so hostile bytes cost at most the limit
