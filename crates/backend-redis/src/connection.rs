@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::config::{Config, Deployment};
 
@@ -68,6 +68,17 @@ impl Connection {
         }
     }
 
+    /// Sends one command and converts its reply, as `Cmd::query_async` does, without boxing
+    /// the request a second time on a single server (the hit's `GET`).
+    pub(crate) async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        let reply = match self {
+            Self::Single(manager) => send(manager, cmd).await?,
+            #[cfg(feature = "cluster")]
+            Self::Cluster(cluster) => cluster.req_packed_command(cmd).await?,
+        };
+        Ok(redis::from_redis_value(reply.extract_error()?)?)
+    }
+
     /// The cluster connection, if this is one.
     #[cfg(feature = "cluster")]
     pub(crate) fn as_cluster(&mut self) -> Option<&mut redis::cluster_async::ClusterConnection> {
@@ -75,6 +86,15 @@ impl Connection {
             Self::Cluster(cluster) => Some(cluster),
             Self::Single(_) => None,
         }
+    }
+}
+
+/// Sends one command on a single server's connection, once more at once if the connection
+/// attempt it met was refused (see the module docs).
+async fn send(manager: &mut ConnectionManager, cmd: &Cmd) -> RedisResult<Value> {
+    match manager.req_packed_command(cmd).await {
+        Err(e) if e.is_connection_refusal() => manager.req_packed_command(cmd).await,
+        outcome => outcome,
     }
 }
 
@@ -96,12 +116,7 @@ pub(crate) fn cluster_builder(
 impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Self::Single(manager) => Box::pin(async move {
-                match manager.req_packed_command(cmd).await {
-                    Err(e) if e.is_connection_refusal() => manager.req_packed_command(cmd).await,
-                    outcome => outcome,
-                }
-            }),
+            Self::Single(manager) => Box::pin(send(manager, cmd)),
             #[cfg(feature = "cluster")]
             Self::Cluster(cluster) => cluster.req_packed_command(cmd),
         }

@@ -757,9 +757,9 @@ impl Core for RedisCore {
     /// The hit path: one `GET` of the entry key. Half the work of [`Core::get`]'s `MGET` for
     /// the client (one name to build, one reply to parse) and for the server.
     async fn get_value(&self, key: &Key) -> Result<Option<Entry>> {
-        let stored: Option<Vec<u8>> = match redis::cmd("GET")
-            .arg(layout::entry_key(key))
-            .query_async(&mut self.connection())
+        let stored: Option<Vec<u8>> = match self
+            .connection()
+            .query(redis::cmd("GET").arg(layout::EntryKey(key)))
             .await
         {
             Ok(stored) => stored,

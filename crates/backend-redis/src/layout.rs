@@ -2,7 +2,10 @@
 //! value. Pure functions, so the layout is tested without a server. The crate docs describe the
 //! layout for users; this module is its single implementation.
 
+use std::io::Write;
+
 use cachier_core::{ArgHash, FuncId, Key, Namespace, Timestamp};
+use redis::{RedisWrite, ToRedisArgs};
 
 /// The first byte of every stored entry: the version of the entry framing.
 pub(crate) const FRAMING_VERSION: u8 = 1;
@@ -29,15 +32,20 @@ fn push_escaped_func(out: &mut String, id: &str) {
     let mut rest = id;
     while let Some(at) = rest.find(['%', ':', '{', '}']) {
         out.push_str(&rest[..at]);
-        out.push_str(match rest.as_bytes()[at] {
-            b'%' => "%25",
-            b':' => "%3A",
-            b'{' => "%7B",
-            _ => "%7D",
-        });
+        out.push_str(escape_of(rest.as_bytes()[at]));
         rest = &rest[at + 1..];
     }
     out.push_str(rest);
+}
+
+/// The escape of one of the four escaped characters.
+fn escape_of(c: u8) -> &'static str {
+    match c {
+        b'%' => "%25",
+        b':' => "%3A",
+        b'{' => "%7B",
+        _ => "%7D",
+    }
 }
 
 /// Reverses [`escape_func`]; `None` for text [`escape_func`] never writes (a raw `:`, `{`, `}`,
@@ -82,27 +90,54 @@ pub(crate) fn escape_glob(text: &str) -> String {
 /// The key holding the value of `key`: `{<namespace>:<escaped func>:<hash hex>}`. The braces make
 /// the whole name the Redis Cluster hash tag, which the claim key and wake-up channel share.
 pub(crate) fn entry_key(key: &Key) -> String {
-    entry_key_parts(&key.namespace, &key.func, &key.hash)
+    let mut out = String::with_capacity(
+        key.namespace.as_str().len()
+            + key.func.as_str().len()
+            + HASH_HEX_LEN
+            + 3
+            + CLAIM_SUFFIX.len(),
+    );
+    write_entry_key(key, |part| out.push_str(part));
+    out
 }
 
-/// Built by hand rather than with `format!`: this runs on every hit, and the formatting
-/// machinery (with the hash's own hex `String`) cost more than the rest of the key handling.
-fn entry_key_parts(namespace: &Namespace, func: &FuncId, hash: &ArgHash) -> String {
-    let mut out = String::with_capacity(
-        namespace.as_str().len() + func.as_str().len() + HASH_HEX_LEN + 3 + CLAIM_SUFFIX.len(),
-    );
-    out.push('{');
-    out.push_str(namespace.as_str());
-    out.push(':');
-    push_escaped_func(&mut out, func.as_str());
-    out.push(':');
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for byte in hash.as_bytes() {
-        out.push(HEX[usize::from(byte >> 4)] as char);
-        out.push(HEX[usize::from(byte & 0xf)] as char);
+/// The entry key of a key as a command argument, written straight into the command: the hit's
+/// `GET` makes no `String` of its own.
+pub(crate) struct EntryKey<'a>(pub &'a Key);
+
+impl ToRedisArgs for EntryKey<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        let mut arg = out.writer_for_next_arg();
+        // Writing into the command's own buffer cannot fail.
+        write_entry_key(self.0, |part| {
+            let _ = arg.write_all(part.as_bytes());
+        });
     }
-    out.push('}');
-    out
+}
+
+/// Hands the parts of `key`'s entry key to `put`, in order. Built by hand rather than with
+/// `format!`: this runs on every hit, and the formatting machinery (with the hash's own hex
+/// `String`) cost more than the rest of the key handling.
+fn write_entry_key(key: &Key, mut put: impl FnMut(&str)) {
+    put("{");
+    put(key.namespace.as_str());
+    put(":");
+    let mut rest = key.func.as_str();
+    while let Some(at) = rest.find(['%', ':', '{', '}']) {
+        put(&rest[..at]);
+        put(escape_of(rest.as_bytes()[at]));
+        rest = &rest[at + 1..];
+    }
+    put(rest);
+    put(":");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; HASH_HEX_LEN];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(key.hash.as_bytes()) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    put(std::str::from_utf8(&hex).expect("hex digits are ASCII"));
+    put("}");
 }
 
 /// The entry key and the claim key of `key`, built together (the read path needs both).
@@ -289,6 +324,35 @@ mod tests {
             FuncId::new(func).unwrap(),
             ArgHash::from_bytes([0xab; 32]),
         )
+    }
+
+    #[test]
+    fn the_entry_key_argument_is_the_entry_key() {
+        for (ns, func) in [
+            ("a", "f"),
+            ("app", "x}{%y:z"),
+            ("n", "naïve::函数"),
+            ("ns", "%3A"),
+        ] {
+            let mut k = key(ns, func);
+            k.hash = ArgHash::from_bytes(std::array::from_fn(|i| (i * 37) as u8));
+            let cmd = redis::cmd("GET").arg(EntryKey(&k)).arg("next").clone();
+            let args: Vec<Vec<u8>> = cmd
+                .args_iter()
+                .map(|arg| match arg {
+                    redis::Arg::Simple(bytes) => bytes.to_vec(),
+                    _ => panic!("only plain arguments"),
+                })
+                .collect();
+            assert_eq!(
+                args,
+                [
+                    b"GET".to_vec(),
+                    entry_key(&k).into_bytes(),
+                    b"next".to_vec()
+                ]
+            );
+        }
     }
 
     /// Redis' glob matcher, reduced to what our patterns use: literal bytes, `\` escapes, `?`
