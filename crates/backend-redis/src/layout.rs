@@ -107,6 +107,11 @@ pub(crate) struct EntryKey<'a>(pub &'a Key);
 
 impl ToRedisArgs for EntryKey<'_> {
     fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        // The parts go in one by one: room for all of them first, so the command's buffer
+        // grows once.
+        let mut len = 0;
+        write_entry_key(self.0, |part| len += part.len());
+        out.reserve_space_for_args([len]);
         let mut arg = out.writer_for_next_arg();
         // Writing into the command's own buffer cannot fail.
         write_entry_key(self.0, |part| {
