@@ -23,19 +23,20 @@ const HASH_HEX_LEN: usize = 64;
 /// hash tag (the whole `{...}`) cannot end early.
 pub(crate) fn escape_func(func: &FuncId) -> String {
     let mut out = String::with_capacity(func.as_str().len());
-    push_escaped_func(&mut out, func.as_str());
+    write_escaped_func(func.as_str(), |part| out.push_str(part));
     out
 }
 
-/// Appends `id` escaped as [`escape_func`] does; plain runs are copied whole.
-fn push_escaped_func(out: &mut String, id: &str) {
+/// Hands `id` escaped as [`escape_func`] does to `put`, in parts: plain runs whole, then each
+/// escape.
+fn write_escaped_func(id: &str, mut put: impl FnMut(&str)) {
     let mut rest = id;
     while let Some(at) = rest.find(['%', ':', '{', '}']) {
-        out.push_str(&rest[..at]);
-        out.push_str(escape_of(rest.as_bytes()[at]));
+        put(&rest[..at]);
+        put(escape_of(rest.as_bytes()[at]));
         rest = &rest[at + 1..];
     }
-    out.push_str(rest);
+    put(rest);
 }
 
 /// The escape of one of the four escaped characters.
@@ -109,8 +110,9 @@ impl ToRedisArgs for EntryKey<'_> {
     fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
         // The parts go in one by one: room for all of them first, so the command's buffer
         // grows once.
-        let mut len = 0;
-        write_entry_key(self.0, |part| len += part.len());
+        let key = self.0;
+        let mut len = key.namespace.as_str().len() + HASH_HEX_LEN + 4;
+        write_escaped_func(key.func.as_str(), |part| len += part.len());
         out.reserve_space_for_args([len]);
         let mut arg = out.writer_for_next_arg();
         // Writing into the command's own buffer cannot fail.
@@ -127,13 +129,7 @@ fn write_entry_key(key: &Key, mut put: impl FnMut(&str)) {
     put("{");
     put(key.namespace.as_str());
     put(":");
-    let mut rest = key.func.as_str();
-    while let Some(at) = rest.find(['%', ':', '{', '}']) {
-        put(&rest[..at]);
-        put(escape_of(rest.as_bytes()[at]));
-        rest = &rest[at + 1..];
-    }
-    put(rest);
+    write_escaped_func(key.func.as_str(), &mut put);
     put(":");
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; HASH_HEX_LEN];
